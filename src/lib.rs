@@ -3,5 +3,10 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod fsutil;
+pub mod convert;
 pub mod coreml;
+pub mod fsutil;
+#[cfg(feature = "mlx")]
+pub mod model;
+pub mod posembed;
+pub mod rng;

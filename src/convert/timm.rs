@@ -1,0 +1,261 @@
+//! timm `VisionTransformer` checkpoints as `save_for_hf` writes them (and the Hub serves
+//! them: UNI2-h, Virchow2, DeiT, AugReg ViTs). timm's `config.json` does not record
+//! everything (the MLP class, the activation), so the rest is read from tensor shapes.
+
+use crate::config::{
+    MlpKind, ModelConfig, Pooling, PosInterpolation, Preprocess, Provenance, QkvLayout,
+    SourceFamily, FORMAT_VERSION,
+};
+
+use super::family::{Family, Index, Json};
+use super::{ConvertError, Plan, SourceFiles, TensorMap};
+
+/// timm's head counts by model size, for configs whose `model_args` omit `num_heads`.
+fn default_heads(arch: &str) -> Option<usize> {
+    let size = arch.split('_').nth(1)?;
+    Some(match size {
+        "tiny" => 3,
+        "small" => 6,
+        "base" => 12,
+        "large" | "huge" | "giant" | "gigantic" => 16,
+        _ => return None,
+    })
+}
+
+pub fn plan(files: &SourceFiles, cfg: Json<'_>, index: &Index) -> Result<Plan, ConvertError> {
+    let weights = files.weights[0].path.clone();
+    let shape = |name: &str| -> Result<Vec<usize>, ConvertError> {
+        index
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ConvertError::Missing {
+                path: weights.clone(),
+                names: vec![name.to_string()],
+            })
+    };
+    let arch = cfg.opt_str("architecture")?.unwrap_or("vit");
+    let args = cfg.child("model_args");
+    let pcfg = cfg.child("pretrained_cfg");
+    let arg_usize = |k: &str| -> Result<Option<usize>, ConvertError> {
+        match args {
+            Some(a) => a.opt_usize(k),
+            None => Ok(None),
+        }
+    };
+    let arg_bool = |k: &str| -> Result<Option<bool>, ConvertError> {
+        match args {
+            Some(a) => a.opt_bool(k),
+            None => Ok(None),
+        }
+    };
+
+    // Architecture from shapes; config only where shapes cannot tell.
+    let patch_w = shape("patch_embed.proj.weight")?;
+    if patch_w.len() != 4 || patch_w[2] != patch_w[3] {
+        return Err(ConvertError::Shape {
+            path: weights,
+            name: "patch_embed.proj.weight".into(),
+            got: patch_w,
+            want: vec![0, 3, 0, 0],
+        });
+    }
+    let (hidden, channels, patch) = (patch_w[0], patch_w[1], patch_w[2]);
+    let layers = (0..)
+        .take_while(|i| index.contains_key(&format!("blocks.{i}.norm1.weight")))
+        .count();
+    let heads = match arg_usize("num_heads")? {
+        Some(h) => h,
+        None => default_heads(arch).ok_or_else(|| {
+            cfg.err(format!(
+                "cannot tell the number of attention heads of `{arch}`: add model_args.num_heads"
+            ))
+        })?,
+    };
+    let image = image_size(cfg, args, pcfg)?;
+    let fc1 = shape("blocks.0.mlp.fc1.weight")?;
+    let fc2 = shape("blocks.0.mlp.fc2.weight")?;
+    // Packed SwiGLU is only visible in shapes: fc1 produces gate and value halves.
+    let (mlp, mlp_hidden) = if fc1[0] == 2 * fc2[1] {
+        (MlpKind::SwigluPacked, fc2[1])
+    } else {
+        (MlpKind::Gelu, fc1[0])
+    };
+    let registers = index
+        .get("reg_token")
+        .map(|s| s.iter().rev().nth(1).copied().unwrap_or(0))
+        .unwrap_or(0);
+    if !index.contains_key("cls_token") {
+        return Err(cfg.err("models without a class token (class_token=False) are not supported"));
+    }
+    let grid = image / patch;
+    let pos_rows = shape("pos_embed")?
+        .iter()
+        .rev()
+        .nth(1)
+        .copied()
+        .unwrap_or(0);
+    let no_embed_class = arg_bool("no_embed_class")?;
+    let pos_prefix = match no_embed_class {
+        Some(true) => 0,
+        Some(false) => 1 + registers,
+        // Not recorded: infer from the row count.
+        None => pos_rows.saturating_sub(grid * grid),
+    };
+    let global_pool = cfg
+        .opt_str("global_pool")?
+        .or(args
+            .map(|a| a.opt_str("global_pool"))
+            .transpose()?
+            .flatten())
+        .unwrap_or("token");
+    let pooling = match global_pool {
+        "token" | "" => Pooling::Cls,
+        "avg" if !index.contains_key("fc_norm.weight") => Pooling::Mean,
+        other => {
+            return Err(cfg.err(format!(
+                "global_pool `{other}` with fc_norm is not supported (token pooling, or avg without fc_norm)"
+            )))
+        }
+    };
+    let num_classes = match index.get("head.weight") {
+        Some(s) if s.len() == 2 => s[0],
+        _ => 0,
+    };
+    let class_names = if num_classes > 0 {
+        cfg.get("label_names")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|n| n.len() == num_classes)
+    } else {
+        None
+    };
+    let triple = |k: &str, d: [f32; 3]| -> Result<[f32; 3], ConvertError> {
+        Ok(match pcfg {
+            Some(p) => p.opt_triple(k)?.unwrap_or(d),
+            None => d,
+        })
+    };
+    let mean = triple("mean", [0.485, 0.456, 0.406])?;
+    let std = triple("std", [0.229, 0.224, 0.225])?;
+    let crop_pct = match pcfg {
+        Some(p) => p.opt_f64("crop_pct")?.unwrap_or(0.875),
+        None => 0.875,
+    };
+
+    let config = ModelConfig {
+        format_version: FORMAT_VERSION,
+        image_size: image,
+        patch_size: patch,
+        in_channels: channels,
+        hidden_size: hidden,
+        num_layers: layers,
+        num_heads: heads,
+        mlp,
+        mlp_hidden,
+        qkv: QkvLayout::Fused,
+        qkv_bias: index.contains_key("blocks.0.attn.qkv.bias"),
+        layer_scale: index.contains_key("blocks.0.ls1.gamma"),
+        num_register_tokens: registers,
+        pos_embed_prefix: pos_prefix,
+        // timm's resample_abs_pos_embed uses antialiased bicubic.
+        pos_interpolation: PosInterpolation::BicubicAntialias,
+        // timm.layers.LayerNorm default; timm's config.json does not record it.
+        norm_eps: 1e-6,
+        pooling,
+        num_classes,
+        class_names,
+        preprocess: Preprocess {
+            mean,
+            std,
+            resize_shorter: ((image as f64) / crop_pct).floor() as usize,
+        },
+        provenance: Provenance {
+            family: SourceFamily::Timm,
+            source: files.label.clone(),
+            key_prefix: String::new(),
+        },
+    };
+
+    let mut map = Vec::new();
+    let mut add = |ours: String, theirs: String| map.push(TensorMap { ours, theirs });
+    for (ours, theirs) in [
+        ("patch_embed.weight", "patch_embed.proj.weight"),
+        ("patch_embed.bias", "patch_embed.proj.bias"),
+        ("cls_token", "cls_token"),
+        ("reg_tokens", "reg_token"),
+        ("pos_embed", "pos_embed"),
+        ("norm.weight", "norm.weight"),
+        ("norm.bias", "norm.bias"),
+        ("head.weight", "head.weight"),
+        ("head.bias", "head.bias"),
+    ] {
+        add(ours.into(), theirs.into());
+    }
+    for i in 0..layers {
+        for (ours, theirs) in [
+            ("norm1.weight", "norm1.weight"),
+            ("norm1.bias", "norm1.bias"),
+            ("attn.qkv.weight", "attn.qkv.weight"),
+            ("attn.qkv.bias", "attn.qkv.bias"),
+            ("attn.proj.weight", "attn.proj.weight"),
+            ("attn.proj.bias", "attn.proj.bias"),
+            ("ls1", "ls1.gamma"),
+            ("norm2.weight", "norm2.weight"),
+            ("norm2.bias", "norm2.bias"),
+            ("mlp.fc1.weight", "mlp.fc1.weight"),
+            ("mlp.fc1.bias", "mlp.fc1.bias"),
+            ("mlp.fc2.weight", "mlp.fc2.weight"),
+            ("mlp.fc2.bias", "mlp.fc2.bias"),
+            ("ls2", "ls2.gamma"),
+        ] {
+            add(format!("blocks.{i}.{ours}"), format!("blocks.{i}.{theirs}"));
+        }
+    }
+    Ok(Plan {
+        family: Family::Timm,
+        config,
+        map,
+        inference_unused: Vec::new(),
+    })
+}
+
+fn image_size(
+    cfg: Json<'_>,
+    args: Option<Json<'_>>,
+    pcfg: Option<Json<'_>>,
+) -> Result<usize, ConvertError> {
+    let square = |v: &serde_json::Value| -> Option<usize> {
+        match v {
+            serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
+            serde_json::Value::Array(a) => {
+                let dims: Vec<usize> = a
+                    .iter()
+                    .filter_map(|x| x.as_u64().map(|n| n as usize))
+                    .collect();
+                // [H, W] or [C, H, W] (pretrained_cfg.input_size)
+                match dims.as_slice() {
+                    [h, w] | [_, h, w] if h == w => Some(*h),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    };
+    if let Some(v) = args.and_then(|a| a.get("img_size")) {
+        return square(v)
+            .ok_or_else(|| cfg.err(format!("model_args.img_size {v} must be a square size")));
+    }
+    if let Some(v) = pcfg.and_then(|p| p.get("input_size")) {
+        return square(v)
+            .ok_or_else(|| cfg.err(format!("pretrained_cfg.input_size {v} must be square")));
+    }
+    cfg.get("architecture")
+        .and_then(|a| a.as_str())
+        .and_then(|a| a.rsplit('_').next())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| cfg.err("cannot tell the input size: add model_args.img_size"))
+}

@@ -1,0 +1,196 @@
+//! Value types of the MIL we emit: element types and static tensor shapes.
+
+use std::fmt;
+
+use crate::coreml::proto::mil as pb;
+
+/// Element type of a MIL value (the subset we emit or read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    Bool,
+    Str,
+    F16,
+    F32,
+    F64,
+    I32,
+    I64,
+}
+
+impl DType {
+    pub fn proto(self) -> pb::DataType {
+        match self {
+            DType::Bool => pb::DataType::Bool,
+            DType::Str => pb::DataType::String,
+            DType::F16 => pb::DataType::Float16,
+            DType::F32 => pb::DataType::Float32,
+            DType::F64 => pb::DataType::Float64,
+            DType::I32 => pb::DataType::Int32,
+            DType::I64 => pb::DataType::Int64,
+        }
+    }
+
+    pub fn from_proto(code: i32) -> Option<DType> {
+        Some(match pb::DataType::try_from(code).ok()? {
+            pb::DataType::Bool => DType::Bool,
+            pb::DataType::String => DType::Str,
+            pb::DataType::Float16 => DType::F16,
+            pb::DataType::Float32 => DType::F32,
+            pb::DataType::Float64 => DType::F64,
+            pb::DataType::Int32 => DType::I32,
+            pb::DataType::Int64 => DType::I64,
+            _ => return None,
+        })
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F16 | DType::F32 | DType::F64)
+    }
+
+    /// The name `cast` takes for this type.
+    pub fn cast_name(self) -> Option<&'static str> {
+        Some(match self {
+            DType::F16 => "fp16",
+            DType::F32 => "fp32",
+            DType::I32 => "int32",
+            DType::Bool => "bool",
+            _ => return None,
+        })
+    }
+
+    pub fn from_cast_name(s: &str) -> Option<DType> {
+        Some(match s {
+            "fp16" => DType::F16,
+            "fp32" => DType::F32,
+            "int32" => DType::I32,
+            "bool" => DType::Bool,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::Bool => "bool",
+            DType::Str => "string",
+            DType::F16 => "fp16",
+            DType::F32 => "fp32",
+            DType::F64 => "fp64",
+            DType::I32 => "int32",
+            DType::I64 => "int64",
+        })
+    }
+}
+
+/// A tensor type with a fully known shape (rank 0 = scalar).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TensorTy {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl TensorTy {
+    pub fn new(dtype: DType, shape: impl Into<Vec<usize>>) -> Self {
+        TensorTy {
+            dtype,
+            shape: shape.into(),
+        }
+    }
+
+    pub fn scalar(dtype: DType) -> Self {
+        TensorTy {
+            dtype,
+            shape: Vec::new(),
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn to_proto(&self) -> pb::ValueType {
+        pb::ValueType {
+            r#type: Some(pb::value_type::Type::TensorType(pb::TensorType {
+                data_type: self.dtype.proto() as i32,
+                rank: self.shape.len() as i64,
+                dimensions: self
+                    .shape
+                    .iter()
+                    .map(|&d| pb::Dimension {
+                        dimension: Some(pb::dimension::Dimension::Constant(
+                            pb::dimension::ConstantDimension { size: d as u64 },
+                        )),
+                    })
+                    .collect(),
+                attributes: Default::default(),
+            })),
+        }
+    }
+}
+
+impl fmt::Display for TensorTy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:?}", self.dtype, self.shape)
+    }
+}
+
+/// A named value defined in the program being built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Var {
+    pub name: String,
+    pub ty: TensorTy,
+}
+
+impl Var {
+    pub fn shape(&self) -> &[usize] {
+        &self.ty.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.ty.dtype
+    }
+
+    pub fn rank(&self) -> usize {
+        self.ty.shape.len()
+    }
+}
+
+/// Normalises a possibly negative axis against a rank.
+pub fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    (0..r).contains(&a).then_some(a as usize)
+}
+
+/// Numpy-style broadcast of two shapes.
+pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+/// Turns an arbitrary name into a MIL identifier (`[A-Za-z_][A-Za-z0-9_@]*`).
+pub fn ident(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
+}
