@@ -5,8 +5,13 @@ pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod coreml;
+#[cfg(feature = "mlx")]
+pub mod embed;
 pub mod fsutil;
+pub mod imaging;
+pub mod inspect;
 #[cfg(feature = "mlx")]
 pub mod model;
 pub mod posembed;
+pub mod progress;
 pub mod rng;

@@ -6,7 +6,7 @@ use super::ConvertError;
 
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
-        .map(|v| !v.is_empty() && v != "0" && v.to_ascii_lowercase() != "false")
+        .map(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
         .unwrap_or(false)
 }
 
@@ -21,7 +21,8 @@ pub fn fetch(repo_id: &str, revision: Option<&str>) -> Result<SourceFiles, Conve
     let cache = Cache::from_env();
     let cached = cache.repo(repo.clone());
 
-    let get: Box<dyn Fn(&str) -> Result<PathBuf, ConvertError>> = if offline() {
+    type Getter = Box<dyn Fn(&str) -> Result<PathBuf, ConvertError>>;
+    let get: Getter = if offline() {
         let cache_dir = cache.path().clone();
         Box::new(move |file: &str| {
             cached.get(file).ok_or_else(|| {
