@@ -21,8 +21,8 @@ pub fn fetch(repo_id: &str, revision: Option<&str>) -> Result<SourceFiles, Conve
     let cache = Cache::from_env();
     let cached = cache.repo(repo.clone());
 
-    type Getter = Box<dyn Fn(&str) -> Result<PathBuf, ConvertError>>;
-    let get: Getter = if offline() {
+    type Getter<'a> = Box<dyn Fn(&str) -> Result<PathBuf, ConvertError> + 'a>;
+    let get: Getter<'_> = if offline() {
         let cache_dir = cache.path().clone();
         Box::new(move |file: &str| {
             cached.get(file).ok_or_else(|| {
