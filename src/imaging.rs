@@ -57,3 +57,12 @@ pub fn normalise_into(img: &RgbImage, pre: &Preprocess, out: &mut Vec<f32>) {
         }
     }
 }
+
+/// Crops the `w x h` box at `(x, y)` and resizes it to `size x size` with a bilinear
+/// filter (widened when shrinking, so downscaling averages instead of aliasing). Used by
+/// the training transform's random resized crop. The box must lie inside the image.
+pub fn crop_resize(img: &RgbImage, x: u32, y: u32, w: u32, h: u32, size: usize) -> RgbImage {
+    // A view, not a copy: the resampler reads the box straight from the source.
+    let view = image::imageops::crop_imm(img, x, y, w, h);
+    image::imageops::resize(&*view, size as u32, size as u32, FilterType::Triangle)
+}

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod coreml;
+pub mod data;
 #[cfg(feature = "mlx")]
 pub mod embed;
 pub mod fsutil;
@@ -15,3 +16,5 @@ pub mod model;
 pub mod posembed;
 pub mod progress;
 pub mod rng;
+#[cfg(feature = "mlx")]
+pub mod train;

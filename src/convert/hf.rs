@@ -159,6 +159,25 @@ pub fn plan(
         },
     };
 
+    let map = tensor_map(family, prefix, layers, registers, swiglu);
+    let e = format!("{prefix}embeddings.");
+    Ok(Plan {
+        family,
+        config,
+        map,
+        // DINOv2's mask token replaces masked patches in self-supervised training only.
+        inference_unused: vec![format!("{e}mask_token")],
+    })
+}
+
+/// Our tensor names -> this family's names.
+pub(crate) fn tensor_map(
+    family: Family,
+    prefix: &str,
+    layers: usize,
+    registers: usize,
+    swiglu: bool,
+) -> Vec<TensorMap> {
     let mut map = Vec::new();
     let mut add = |ours: String, theirs: String| map.push(TensorMap { ours, theirs });
     let e = format!("{prefix}embeddings.");
@@ -194,14 +213,7 @@ pub fn plan(
     add("norm.bias".into(), format!("{prefix}layernorm.bias"));
     add("head.weight".into(), "classifier.weight".into());
     add("head.bias".into(), "classifier.bias".into());
-
-    Ok(Plan {
-        family,
-        config,
-        map,
-        // DINOv2's mask token replaces masked patches in self-supervised training only.
-        inference_unused: vec![format!("{e}mask_token")],
-    })
+    map
 }
 
 fn id2label(cfg: Json<'_>, n: usize) -> Result<Option<Vec<String>>, ConvertError> {

@@ -96,6 +96,33 @@ pub struct Plan {
     pub inference_unused: Vec<String>,
 }
 
+/// For a model converted from transformers or timm: our tensor names -> the source
+/// library's names (as its `state_dict` has them). None for presets.
+pub fn source_names(config: &ModelConfig) -> Option<BTreeMap<String, String>> {
+    use crate::config::{MlpKind, SourceFamily};
+    let p = &config.provenance;
+    let map = match p.family {
+        SourceFamily::Timm => timm::tensor_map(config.num_layers),
+        SourceFamily::Preset => return None,
+        ref f => {
+            let family = match f {
+                SourceFamily::HfVit => Family::HfVit,
+                SourceFamily::HfDinov2 => Family::HfDinov2,
+                _ => Family::HfDinov2Registers,
+            };
+            let swiglu = config.mlp == MlpKind::SwigluPacked;
+            hf::tensor_map(
+                family,
+                &p.key_prefix,
+                config.num_layers,
+                config.num_register_tokens,
+                swiglu,
+            )
+        }
+    };
+    Some(map.into_iter().map(|m| (m.ours, m.theirs)).collect())
+}
+
 /// Converts SOURCE (a local folder, a Hugging Face repo id or `preset:NAME`) into a
 /// checkpoint folder at `out`.
 pub fn convert(

@@ -180,6 +180,17 @@ pub fn plan(files: &SourceFiles, cfg: Json<'_>, index: &Index) -> Result<Plan, C
         },
     };
 
+    let map = tensor_map(layers);
+    Ok(Plan {
+        family: Family::Timm,
+        config,
+        map,
+        inference_unused: Vec::new(),
+    })
+}
+
+/// Our tensor names -> timm's.
+pub(crate) fn tensor_map(layers: usize) -> Vec<TensorMap> {
     let mut map = Vec::new();
     let mut add = |ours: String, theirs: String| map.push(TensorMap { ours, theirs });
     for (ours, theirs) in [
@@ -215,12 +226,7 @@ pub fn plan(files: &SourceFiles, cfg: Json<'_>, index: &Index) -> Result<Plan, C
             add(format!("blocks.{i}.{ours}"), format!("blocks.{i}.{theirs}"));
         }
     }
-    Ok(Plan {
-        family: Family::Timm,
-        config,
-        map,
-        inference_unused: Vec::new(),
-    })
+    map
 }
 
 fn image_size(

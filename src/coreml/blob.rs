@@ -133,8 +133,7 @@ impl<W: Write + Seek> BlobSink for BlobWriter<W> {
         }
         // Zero-fill up to the next aligned offset: the gap after the previous blob.
         let record = self.pos.next_multiple_of(ALIGN);
-        self.out
-            .write_all(&ZEROS[..(record - self.pos) as usize])?;
+        self.out.write_all(&ZEROS[..(record - self.pos) as usize])?;
         let data_offset = record + RECORD_SIZE;
         let mut rec = [0u8; RECORD_SIZE as usize];
         rec[0..4].copy_from_slice(&SENTINEL.to_le_bytes());
@@ -196,7 +195,12 @@ impl<'a> BlobReader<'a> {
 
     /// The data of the blob whose record is at `offset`, checked against the dtype and
     /// byte size the program declares for it.
-    pub fn read(&self, offset: u64, want: BlobDType, want_bytes: u64) -> Result<&'a [u8], BlobError> {
+    pub fn read(
+        &self,
+        offset: u64,
+        want: BlobDType,
+        want_bytes: u64,
+    ) -> Result<&'a [u8], BlobError> {
         let rec = usize::try_from(offset)
             .ok()
             .and_then(|o| self.bytes.get(o..o.checked_add(RECORD_SIZE as usize)?))
@@ -250,7 +254,13 @@ mod tests {
         let r = BlobReader::new(&bytes).unwrap();
         assert_eq!(r.count(), 3);
         assert_eq!(r.read(192, BlobDType::F16, 10).unwrap(), &[2u8; 10]);
-        assert!(matches!(r.read(192, BlobDType::F32, 10), Err(BlobError::DType { .. })));
-        assert!(matches!(r.read(100, BlobDType::F16, 10), Err(BlobError::Sentinel(..))));
+        assert!(matches!(
+            r.read(192, BlobDType::F32, 10),
+            Err(BlobError::DType { .. })
+        ));
+        assert!(matches!(
+            r.read(100, BlobDType::F16, 10),
+            Err(BlobError::Sentinel(..))
+        ));
     }
 }

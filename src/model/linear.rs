@@ -1,7 +1,8 @@
 use mlx_rs::{error::Exception, macros::ModuleParameters, module::Param, ops, Array};
 
-/// `y = x W^T + b` with PyTorch's `[out, in]` weight. The weight is optional so that
-/// layouts that do not have a layer (fused vs separate q/k/v, no head) leave it empty.
+/// `y = x W^T + b` with PyTorch's `[out, in]` weight, plus an optional LoRA adapter
+/// `scale * (x A^T) B^T` (A `[r, in]`, B `[out, r]`). The weight is optional so that
+/// layouts without a layer (fused vs separate q/k/v, no head) leave it empty.
 #[derive(Debug, Clone, ModuleParameters)]
 #[module(root = mlx_rs)]
 pub struct Linear {
@@ -9,18 +10,50 @@ pub struct Linear {
     pub weight: Param<Option<Array>>,
     #[param]
     pub bias: Param<Option<Array>>,
+    #[param]
+    pub lora_a: Param<Option<Array>>,
+    #[param]
+    pub lora_b: Param<Option<Array>>,
+    /// alpha / rank.
+    pub lora_scale: f32,
+    /// Dropout probability on the adapter's input while training.
+    pub lora_dropout: f32,
+    /// Set per step by the trainer while training (a seed derived from the run seed, the
+    /// step and the layer), so dropout masks are reproducible and resumable. None: no dropout.
+    pub dropout_seed: Option<u64>,
 }
 
 impl Linear {
-    pub fn empty() -> Self {
+    pub fn new(weight: Option<Array>, bias: Option<Array>) -> Self {
         Linear {
-            weight: Param::new(None),
-            bias: Param::new(None),
+            weight: Param::new(weight),
+            bias: Param::new(bias),
+            lora_a: Param::new(None),
+            lora_b: Param::new(None),
+            lora_scale: 0.0,
+            lora_dropout: 0.0,
+            dropout_seed: None,
         }
+    }
+
+    pub fn empty() -> Self {
+        Linear::new(None, None)
     }
 
     pub fn is_present(&self) -> bool {
         self.weight.value.is_some()
+    }
+
+    pub fn has_lora(&self) -> bool {
+        self.lora_a.value.is_some()
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> Option<(i32, i32)> {
+        self.weight.value.as_ref().map(|w| {
+            let s = w.shape();
+            (s[0], s[1..].iter().product())
+        })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
@@ -29,10 +62,49 @@ impl Linear {
             .value
             .as_ref()
             .ok_or_else(|| Exception::custom("linear layer has no weight"))?;
-        let y = ops::matmul(x, w.t())?;
-        match self.bias.value.as_ref() {
-            Some(b) => y.add(b),
-            None => Ok(y),
+        let mut y = ops::matmul(x, w.t())?;
+        if let Some(b) = self.bias.value.as_ref() {
+            y = y.add(b)?;
         }
+        if let (Some(a), Some(b)) = (self.lora_a.value.as_ref(), self.lora_b.value.as_ref()) {
+            let x = if let Some(seed) = self.dropout_seed.filter(|_| self.lora_dropout > 0.0) {
+                dropout(x, self.lora_dropout, seed)?
+            } else {
+                x.clone()
+            };
+            let low = ops::matmul(ops::matmul(&x, a.t())?, b.t())?;
+            y = y.add(low.multiply(mlx_rs::array!(self.lora_scale))?)?;
+        }
+        Ok(y)
     }
+
+    /// Folds the adapter into the weight (`W + scale * B A`) and removes it: the layer
+    /// then computes the same function as a plain linear layer.
+    pub fn merge_lora(&mut self) -> Result<(), Exception> {
+        let (Some(a), Some(b)) = (self.lora_a.value.take(), self.lora_b.value.take()) else {
+            return Ok(());
+        };
+        let w = self
+            .weight
+            .value
+            .as_ref()
+            .ok_or_else(|| Exception::custom("LoRA on a layer without weight"))?;
+        let delta = ops::matmul(&b, &a)?.multiply(mlx_rs::array!(self.lora_scale))?;
+        let merged = w.add(delta.reshape(w.shape())?)?;
+        merged.eval()?;
+        self.weight.value = Some(merged);
+        Ok(())
+    }
+}
+
+/// Inverted dropout: zero with probability p, scale the rest by 1 / (1 - p).
+fn dropout(x: &Array, p: f32, seed: u64) -> Result<Array, Exception> {
+    let key = mlx_rs::random::key(seed)?;
+    let keep_p = mlx_rs::array!(1.0 - p);
+    let keep = mlx_rs::random::bernoulli(&keep_p, x.shape(), &key)?;
+    ops::select(
+        &keep,
+        x.multiply(mlx_rs::array!(1.0 / (1.0 - p)))?,
+        mlx_rs::array!(0.0f32),
+    )
 }

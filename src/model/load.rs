@@ -23,10 +23,8 @@ pub fn from_checkpoint(ck: &Checkpoint) -> Result<Vit, ModelError> {
         Array::from_slice(&data, &shape_i32(view.shape()))
     };
     let opt = |name: &str| -> Option<Array> { st.tensor(name).ok().map(|_| array(name)) };
-    let linear = |name: &str| Linear {
-        weight: Param::new(opt(&format!("{name}.weight"))),
-        bias: Param::new(opt(&format!("{name}.bias"))),
-    };
+    let linear =
+        |name: &str| Linear::new(opt(&format!("{name}.weight")), opt(&format!("{name}.bias")));
     let norm = |name: &str| Norm {
         weight: Param::new(array(&format!("{name}.weight"))),
         bias: Param::new(array(&format!("{name}.bias"))),

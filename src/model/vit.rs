@@ -76,3 +76,56 @@ impl Vit {
         })
     }
 }
+
+impl Vit {
+    /// Every linear layer of the blocks with its checkpoint name (`blocks.3.attn.qkv`).
+    /// Absent layers (q/k/v of a fused model) are skipped.
+    pub fn block_linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let a = &mut b.attn;
+            for (n, l) in [
+                ("attn.qkv", &mut a.qkv),
+                ("attn.q", &mut a.q),
+                ("attn.k", &mut a.k),
+                ("attn.v", &mut a.v),
+                ("attn.proj", &mut a.proj),
+                ("mlp.fc1", &mut b.mlp.fc1),
+                ("mlp.fc2", &mut b.mlp.fc2),
+            ] {
+                if l.is_present() {
+                    out.push((format!("blocks.{i}.{n}"), l));
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets (or clears) the per-step dropout seeds of every LoRA layer.
+    pub fn set_dropout_seed(&mut self, seed: Option<u64>) {
+        for (i, (_, l)) in self.block_linears_mut().into_iter().enumerate() {
+            l.dropout_seed = seed.map(|s| s.wrapping_mul(0x9E37_79B9).wrapping_add(i as u64));
+        }
+    }
+
+    /// Folds every LoRA adapter into its layer.
+    pub fn merge_lora(&mut self) -> Result<(), Exception> {
+        for (_, l) in self.block_linears_mut() {
+            l.merge_lora()?;
+        }
+        Ok(())
+    }
+
+    /// All parameters by checkpoint name, as host float32 tensors (for saving).
+    pub fn named_parameters(&self) -> Vec<(String, Array)> {
+        use mlx_rs::module::ModuleParameters;
+        let mut v: Vec<(String, Array)> = self
+            .parameters()
+            .flatten()
+            .into_iter()
+            .map(|(k, a)| (k.to_string(), a.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}

@@ -283,7 +283,12 @@ impl<'s> ProgramBuilder<'s> {
         self.const_bool(&format!("{op}_{param}"), &[], &[v])
     }
 
-    pub(crate) fn param_bools(&mut self, op: &str, param: &str, v: &[bool]) -> Result<Var, MilError> {
+    pub(crate) fn param_bools(
+        &mut self,
+        op: &str,
+        param: &str,
+        v: &[bool],
+    ) -> Result<Var, MilError> {
         self.const_bool(&format!("{op}_{param}"), &[v.len()], v)
     }
 
@@ -299,7 +304,12 @@ impl<'s> ProgramBuilder<'s> {
         dtype: DType,
         v: f32,
     ) -> Result<Var, MilError> {
-        self.const_float(&format!("{op}_{param}"), dtype, &[], FloatSource::Values(&[v]))
+        self.const_float(
+            &format!("{op}_{param}"),
+            dtype,
+            &[],
+            FloatSource::Values(&[v]),
+        )
     }
 
     /// Appends an operation whose outputs have the given names and types.
@@ -329,7 +339,12 @@ impl<'s> ProgramBuilder<'s> {
                     binding: Some(pb::argument::binding::Binding::Value(val)),
                 }],
             };
-            map.insert(param.to_string(), pb::Argument { arguments: bindings });
+            map.insert(
+                param.to_string(),
+                pb::Argument {
+                    arguments: bindings,
+                },
+            );
         }
         for (out, _) in &outputs {
             self.define(out)?;
@@ -372,7 +387,9 @@ impl<'s> ProgramBuilder<'s> {
     pub fn finish(self, outputs: &[&str]) -> Result<BuiltProgram, MilError> {
         for o in outputs {
             if !self.names.contains(*o) {
-                return Err(MilError::Undefined { name: o.to_string() });
+                return Err(MilError::Undefined {
+                    name: o.to_string(),
+                });
             }
         }
         let opset = self.target.opset().to_string();
@@ -433,7 +450,11 @@ pub fn f16_le_bytes(src: FloatSource<'_>, out: &mut Vec<u8>) {
     let mut emit = |vals: &[f32], out: &mut Vec<u8>| {
         let h = &mut f16buf[..vals.len()];
         h.convert_from_f32_slice(vals);
-        out.extend_from_slice(h.reinterpret_cast::<u16>().iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().as_slice());
+        let start = out.len();
+        out.resize(start + 2 * h.len(), 0);
+        for (d, x) in out[start..].chunks_exact_mut(2).zip(h.iter()) {
+            d.copy_from_slice(&x.to_bits().to_le_bytes());
+        }
     };
     match src {
         FloatSource::Values(v) => {

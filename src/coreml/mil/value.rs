@@ -10,17 +10,18 @@ fn tensor_value(ty: &TensorTy, v: pb::tensor_value::Value) -> pb::Value {
     pb::Value {
         doc_string: String::new(),
         r#type: Some(ty.to_proto()),
-        value: Some(pb::value::Value::ImmediateValue(pb::value::ImmediateValue {
-            value: Some(pb::value::immediate_value::Value::Tensor(pb::TensorValue {
-                value: Some(v),
-            })),
-        })),
+        value: Some(pb::value::Value::ImmediateValue(
+            pb::value::ImmediateValue {
+                value: Some(pb::value::immediate_value::Value::Tensor(pb::TensorValue {
+                    value: Some(v),
+                })),
+            },
+        )),
     }
 }
 
 use pb::tensor_value::{
-    RepeatedBools, RepeatedBytes, RepeatedFloats, RepeatedInts, RepeatedStrings,
-    Value as TV,
+    RepeatedBools, RepeatedBytes, RepeatedFloats, RepeatedInts, RepeatedStrings, Value as TV,
 };
 
 pub fn f32s(shape: &[usize], values: Vec<f32>) -> pb::Value {
@@ -77,11 +78,13 @@ pub fn string_list(items: &[String]) -> pb::Value {
     pb::Value {
         doc_string: String::new(),
         r#type: Some(list_type(&TensorTy::scalar(DType::Str), items.len())),
-        value: Some(pb::value::Value::ImmediateValue(pb::value::ImmediateValue {
-            value: Some(pb::value::immediate_value::Value::List(pb::ListValue {
-                values: items.iter().map(|s| string(s)).collect(),
-            })),
-        })),
+        value: Some(pb::value::Value::ImmediateValue(
+            pb::value::ImmediateValue {
+                value: Some(pb::value::immediate_value::Value::List(pb::ListValue {
+                    values: items.iter().map(|s| string(s)).collect(),
+                })),
+            },
+        )),
     }
 }
 

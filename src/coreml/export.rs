@@ -1,0 +1,407 @@
+//! `export`: a checkpoint folder in, a `.mlpackage` out, written atomically and with
+//! byte-identical results for identical inputs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::config::ModelConfig;
+use crate::coreml::blob::BlobWriter;
+use crate::coreml::mil::{DType, ProgramBuilder};
+use crate::coreml::package::{self, ModelMetadata, PackagePaths};
+use crate::coreml::target::{Precision, Target};
+use crate::coreml::vit::{self, EmitError, InputKind, OutputKind, VitOptions};
+use crate::fsutil;
+
+/// Descriptive metadata stored in the model (shown by Xcode and readable with
+/// coremltools). `None` fields are left out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExportMetadata {
+    pub author: Option<String>,
+    pub license: Option<String>,
+    pub description: Option<String>,
+    pub version: Option<String>,
+    /// Defaults to the checkpoint's provenance source.
+    pub base_model: Option<String>,
+    /// Hash of merged adapters, when the weights are a fine-tune.
+    pub adapters_hash: Option<String>,
+    pub dataset: Option<String>,
+    pub val_accuracy: Option<f64>,
+    /// Further user-defined entries (they win over the ones above on equal keys).
+    pub user_defined: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    pub precision: Precision,
+    /// `None`: the lowest target that supports the other options.
+    pub target: Option<Target>,
+    pub input: InputKind,
+    /// `None`: `classifier` when the model has a head, else `features`.
+    pub output: Option<OutputKind>,
+    /// fp16 multiArray inputs and outputs (needs iOS16); otherwise they are fp32 and
+    /// the program casts at its edges.
+    pub io_fp16: bool,
+    /// `None`: the fused `scaled_dot_product_attention` op when the target has it
+    /// (iOS18), matmul + softmax before. `Some(true)` requires iOS18.
+    pub fused_attention: Option<bool>,
+    pub metadata: ExportMetadata,
+    /// Replace an existing package.
+    pub force: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("unsupported export options: {0}")]
+    Unsupported(String),
+    #[error("{path}: {msg}")]
+    InvalidOutput { path: PathBuf, msg: String },
+    #[error("{path}: already exists (pass force to replace it)")]
+    Exists { path: PathBuf },
+    #[error("building the program: {0}")]
+    Emit(#[from] EmitError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// The options after defaults and checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub target: Target,
+    pub precision: Precision,
+    pub input: InputKind,
+    pub output: OutputKind,
+    pub io_fp16: bool,
+    pub fused_attention: bool,
+}
+
+/// Applies defaults and rejects combinations Core ML cannot run.
+pub fn resolve(opts: &ExportOptions, cfg: &ModelConfig) -> Result<Resolved, ExportError> {
+    let unsupported = |m: String| Err(ExportError::Unsupported(m));
+    let output = match opts.output {
+        Some(o) => o,
+        None if cfg.num_classes > 0 => OutputKind::Classifier,
+        None => OutputKind::Features,
+    };
+    if output != OutputKind::Features && cfg.num_classes == 0 {
+        return unsupported(format!(
+            "`{}` output needs a classification head, and this model has none (num_classes = 0); use `features`",
+            serde_json::to_value(output).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        ));
+    }
+    if opts.io_fp16 && opts.input == InputKind::Image && output == OutputKind::Classifier {
+        return unsupported(
+            "fp16 I/O applies to multiArray features, and an image-in, classifier-out model has none".into(),
+        );
+    }
+    // Each requirement: (minimum target, why).
+    let mut needs: Vec<(Target, &str)> = Vec::new();
+    if opts.io_fp16 {
+        needs.push((Target::Ios16, "fp16 multiArray inputs/outputs"));
+    }
+    if opts.fused_attention == Some(true) {
+        needs.push((Target::Ios18, "the fused scaled_dot_product_attention op"));
+    }
+    let lowest = needs.iter().map(|n| n.0).max().unwrap_or(Target::Ios15);
+    let target = match opts.target {
+        None => lowest,
+        Some(t) => {
+            if let Some((need, why)) = needs.iter().find(|n| t < n.0) {
+                return unsupported(format!(
+                    "{why} need {need} or later (specification version {}), but the target is {t}",
+                    need.spec_version()
+                ));
+            }
+            t
+        }
+    };
+    Ok(Resolved {
+        target,
+        precision: opts.precision,
+        input: opts.input,
+        output,
+        io_fp16: opts.io_fp16,
+        fused_attention: opts.fused_attention.unwrap_or(target >= Target::Ios18),
+    })
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExportTimings {
+    pub load_ms: f64,
+    /// Building the program, including converting and writing the weights.
+    pub emit_ms: f64,
+    /// Serializing and writing the model spec and manifest, renaming into place.
+    pub finish_ms: f64,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    pub package: PathBuf,
+    pub target: Target,
+    pub spec_version: i32,
+    pub opset: String,
+    pub precision: Precision,
+    pub input: InputKind,
+    pub output: OutputKind,
+    pub io_fp16: bool,
+    pub fused_attention: bool,
+    pub parameters: usize,
+    pub model_bytes: u64,
+    pub weights_bytes: u64,
+    pub package_bytes: u64,
+    pub blobs_stored: usize,
+    pub blobs_deduplicated: usize,
+    pub ops_total: usize,
+    pub op_counts: BTreeMap<String, usize>,
+    pub timings: ExportTimings,
+}
+
+impl fmt::Display for ExportReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mb = |b: u64| b as f64 / 1e6;
+        writeln!(f, "package        {}", self.package.display())?;
+        writeln!(
+            f,
+            "target         {} (spec {}, opset {}), {}, input {:?}, output {:?}{}{}",
+            self.target,
+            self.spec_version,
+            self.opset,
+            self.precision,
+            self.input,
+            self.output,
+            if self.io_fp16 { ", fp16 I/O" } else { "" },
+            if self.fused_attention {
+                ", fused attention"
+            } else {
+                ""
+            },
+        )?;
+        writeln!(f, "parameters     {}", self.parameters)?;
+        writeln!(
+            f,
+            "size           {:.2} MB (model {:.3} MB, weights {:.2} MB; {} blobs, {} deduplicated)",
+            mb(self.package_bytes),
+            mb(self.model_bytes),
+            mb(self.weights_bytes),
+            self.blobs_stored,
+            self.blobs_deduplicated
+        )?;
+        writeln!(f, "ops            {} in all", self.ops_total)?;
+        for (k, v) in &self.op_counts {
+            writeln!(f, "  {k:<30} {v:>6}")?;
+        }
+        write!(
+            f,
+            "time           {:.1} ms (load {:.1}, emit {:.1}, finish {:.1})",
+            self.timings.total_ms,
+            self.timings.load_ms,
+            self.timings.emit_ms,
+            self.timings.finish_ms
+        )
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Exports the checkpoint in `checkpoint_dir` to the package `out` (`NAME.mlpackage`).
+/// The package is built in a temporary sibling and renamed into place; on error nothing
+/// is left behind, and an existing package is replaced only with `opts.force`.
+pub fn export(
+    checkpoint_dir: &Path,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportReport, ExportError> {
+    let t0 = Instant::now();
+    if out.extension().and_then(|e| e.to_str()) != Some("mlpackage") || out.file_stem().is_none() {
+        return Err(ExportError::InvalidOutput {
+            path: out.into(),
+            msg: "the output must be a NAME.mlpackage path".into(),
+        });
+    }
+    if out.exists() && !opts.force {
+        return Err(ExportError::Exists { path: out.into() });
+    }
+    let ck = Checkpoint::load(checkpoint_dir)?;
+    let resolved = resolve(opts, &ck.config)?;
+    let load_ms = ms(t0);
+
+    let mut inner: Option<ExportError> = None;
+    let mut built: Option<(Written, f64)> = None;
+    let res = fsutil::write_dir_atomically(out, opts.force, |tmp| {
+        let t = Instant::now();
+        match write_package(tmp, &ck, &resolved, &opts.metadata) {
+            Ok(w) => {
+                built = Some((w, ms(t)));
+                Ok(())
+            }
+            Err(e) => {
+                inner = Some(e);
+                Err(io::Error::other("export failed"))
+            }
+        }
+    });
+    if let Err(source) = res {
+        return Err(match inner {
+            Some(e) => e,
+            None if source.kind() == io::ErrorKind::AlreadyExists
+                && out.exists()
+                && !opts.force =>
+            {
+                ExportError::Exists { path: out.into() }
+            }
+            None => ExportError::Io {
+                path: out.into(),
+                source,
+            },
+        });
+    }
+    let (w, write_ms) = built.expect("set when the fill succeeded");
+    let total_ms = ms(t0);
+    Ok(ExportReport {
+        package: out.to_path_buf(),
+        target: resolved.target,
+        spec_version: resolved.target.spec_version(),
+        opset: resolved.target.opset().into(),
+        precision: resolved.precision,
+        input: resolved.input,
+        output: resolved.output,
+        io_fp16: resolved.io_fp16,
+        fused_attention: resolved.fused_attention,
+        parameters: ck.config.num_parameters(),
+        model_bytes: w.model_bytes,
+        weights_bytes: w.weights_bytes,
+        package_bytes: w.model_bytes + w.weights_bytes + w.manifest_bytes,
+        blobs_stored: w.blobs_stored,
+        blobs_deduplicated: w.blobs_deduplicated,
+        ops_total: w.op_counts.values().sum(),
+        op_counts: w.op_counts,
+        timings: ExportTimings {
+            load_ms,
+            emit_ms: w.emit_ms,
+            finish_ms: (write_ms - w.emit_ms) + (total_ms - load_ms - write_ms),
+            total_ms,
+        },
+    })
+}
+
+struct Written {
+    model_bytes: u64,
+    weights_bytes: u64,
+    manifest_bytes: u64,
+    blobs_stored: usize,
+    blobs_deduplicated: usize,
+    op_counts: BTreeMap<String, usize>,
+    emit_ms: f64,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn metadata(meta: &ExportMetadata, cfg: &ModelConfig) -> ModelMetadata {
+    let mut ud = BTreeMap::new();
+    let base = meta
+        .base_model
+        .clone()
+        .unwrap_or_else(|| cfg.provenance.source.clone());
+    if !base.is_empty() {
+        ud.insert("base_model".to_string(), base);
+    }
+    let mut put = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            ud.insert(k.to_string(), v.clone());
+        }
+    };
+    put("adapters_hash", &meta.adapters_hash);
+    put("dataset", &meta.dataset);
+    put("val_accuracy", &meta.val_accuracy.map(|a| format!("{a}")));
+    ud.insert(
+        "tool_version".into(),
+        concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")).into(),
+    );
+    ud.extend(
+        meta.user_defined
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    ModelMetadata {
+        short_description: meta.description.clone().unwrap_or_default(),
+        version: meta.version.clone().unwrap_or_default(),
+        author: meta.author.clone().unwrap_or_default(),
+        license: meta.license.clone().unwrap_or_default(),
+        user_defined: ud,
+    }
+}
+
+fn write_package(
+    root: &Path,
+    ck: &Checkpoint,
+    r: &Resolved,
+    meta: &ExportMetadata,
+) -> Result<Written, ExportError> {
+    let t = Instant::now();
+    let paths = PackagePaths::new(root);
+    let wdir = paths.weights_dir();
+    fs::create_dir_all(&wdir).map_err(io_at(&wdir))?;
+    let wpath = paths.weight_file();
+    let file = fs::File::create(&wpath).map_err(io_at(&wpath))?;
+    let mut blobs =
+        BlobWriter::new(BufWriter::with_capacity(1 << 20, file)).map_err(io_at(&wpath))?;
+
+    let prec = match r.precision {
+        Precision::Fp16 => DType::F16,
+        Precision::Fp32 => DType::F32,
+    };
+    let vopts = VitOptions {
+        precision: prec,
+        io_dtype: if r.io_fp16 { DType::F16 } else { DType::F32 },
+        input: r.input,
+        output: r.output,
+        fused_attention: r.fused_attention,
+    };
+    let mut b = ProgramBuilder::new(r.target, &mut blobs);
+    let io = vit::emit_vit(&mut b, ck, &vopts)?;
+    let outputs: Vec<&str> = io.outputs.iter().map(|f| f.name.as_str()).collect();
+    let built = b.finish(&outputs).map_err(EmitError::from)?;
+    let (w, stats) = blobs.finish().map_err(io_at(&wpath))?;
+    // Flush errors surface here; like checkpoints, packages are not fsynced.
+    w.into_inner().map_err(|e| io_at(&wpath)(e.into_error()))?;
+    let emit_ms = ms(t);
+
+    let model = package::model(
+        r.target.spec_version(),
+        &io,
+        &metadata(meta, &ck.config),
+        built.program,
+    );
+    let bytes = model.encode_to_vec();
+    let mpath = paths.model();
+    fs::write(&mpath, &bytes).map_err(io_at(&mpath))?;
+    let manifest = package::manifest(&bytes, &stats.digest);
+    let man_path = paths.manifest();
+    fs::write(&man_path, &manifest).map_err(io_at(&man_path))?;
+    Ok(Written {
+        model_bytes: bytes.len() as u64,
+        weights_bytes: stats.bytes,
+        manifest_bytes: manifest.len() as u64,
+        blobs_stored: stats.stored,
+        blobs_deduplicated: stats.deduplicated,
+        op_counts: built.op_counts,
+        emit_ms,
+    })
+}

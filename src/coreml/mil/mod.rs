@@ -1,0 +1,10 @@
+//! A small builder for MIL programs (the body of a Core ML ML Program).
+
+pub mod builder;
+pub mod ops;
+pub mod types;
+pub mod value;
+
+pub use builder::{BuiltProgram, FloatSource, MilError, ProgramBuilder};
+pub use ops::{BinaryOp, ConvPad, GeluMode};
+pub use types::{DType, TensorTy, Var};

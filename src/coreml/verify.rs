@@ -1,0 +1,264 @@
+//! `verify`: runs a package in our interpreter on reference inputs and compares its
+//! outputs with reference outputs (plain f32 arrays from anywhere: saved fixtures, the
+//! MLX model, a test's own forward).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::coreml::interp::{InterpError, Output, Package, Tensor};
+use crate::coreml::target::Precision;
+use crate::coreml::vit::names;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Interp(#[from] InterpError),
+    #[error("reference: {0}")]
+    Reference(String),
+}
+
+/// Pass thresholds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Thresholds {
+    /// Largest allowed `max abs error / max abs reference value`.
+    pub max_relative_error: f64,
+    /// Smallest allowed fraction of rows whose argmax agrees (class scores only).
+    pub min_top1_agreement: f64,
+}
+
+impl Thresholds {
+    pub fn for_precision(p: Precision) -> Self {
+        match p {
+            // fp32: max abs error under 1e-4 of the output scale.
+            Precision::Fp32 => Thresholds {
+                max_relative_error: 1e-4,
+                min_top1_agreement: 1.0,
+            },
+            Precision::Fp16 => Thresholds {
+                max_relative_error: 1e-2,
+                min_top1_agreement: 1.0,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputCheck {
+    /// The reference's name.
+    pub reference: String,
+    /// The package output it was compared with.
+    pub output: String,
+    pub elements: usize,
+    pub max_abs_error: f64,
+    /// Max abs value of the reference: the output scale.
+    pub reference_scale: f64,
+    /// `max_abs_error / reference_scale`.
+    pub relative_error: f64,
+    /// For class scores: fraction of rows whose argmax agrees.
+    pub top1_agreement: Option<f64>,
+    pub pass: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub package: PathBuf,
+    pub precision: Precision,
+    /// Examples run (the reference batch size).
+    pub examples: usize,
+    pub thresholds: Thresholds,
+    pub outputs: Vec<OutputCheck>,
+    pub pass: bool,
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} ({}, {} examples; pass: relative error < {:.0e}, top-1 >= {:.0}%)",
+            self.package.display(),
+            self.precision,
+            self.examples,
+            self.thresholds.max_relative_error,
+            self.thresholds.min_top1_agreement * 100.0
+        )?;
+        writeln!(
+            f,
+            "{:<20} {:<18} {:>9} {:>12} {:>10} {:>12} {:>7}  result",
+            "reference", "output", "elements", "max abs err", "scale", "rel err", "top-1"
+        )?;
+        for o in &self.outputs {
+            writeln!(
+                f,
+                "{:<20} {:<18} {:>9} {:>12.3e} {:>10.3} {:>12.3e} {:>7}  {}",
+                o.reference,
+                o.output,
+                o.elements,
+                o.max_abs_error,
+                o.reference_scale,
+                o.relative_error,
+                o.top1_agreement
+                    .map(|a| format!("{:.0}%", a * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                if o.pass { "ok" } else { "FAIL" }
+            )?;
+        }
+        write!(f, "{}", if self.pass { "PASS" } else { "FAIL" })
+    }
+}
+
+fn softmax_rows(x: &[f32], classes: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(classes) {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+        let s: f32 = e.iter().sum();
+        out.extend(e.iter().map(|v| v / s));
+    }
+    out
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |bi, (i, &v)| if v > row[bi] { i } else { bi })
+}
+
+/// Runs `pkg` on each example of `reference_inputs` (a batch `[N, ...]` of what the
+/// package takes as `[1, ...]`, or exactly its input shape) and compares with
+/// `reference_outputs` (`[N, ...]`, named as the package's outputs; `logits` is also
+/// accepted for a classifier, compared through a softmax with its probabilities, and
+/// `pooled` / `last_hidden_state` name `embedding` / `tokens`).
+pub fn verify_against(
+    pkg: &Path,
+    reference_inputs: &[(String, Tensor)],
+    reference_outputs: &[(String, Tensor)],
+    precision: Precision,
+) -> Result<VerifyReport, VerifyError> {
+    let package = Package::open(pkg)?;
+    let want = package.inputs()?;
+    let mut examples = None;
+    for (name, t) in reference_inputs {
+        let (_, ty) = want
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| VerifyError::Reference(format!("the package has no input `{name}`")))?;
+        let n = if t.shape == ty.shape {
+            1
+        } else if t.rank() == ty.rank() && t.shape[1..] == ty.shape[1..] && ty.shape[0] == 1 {
+            t.shape[0]
+        } else {
+            return Err(VerifyError::Reference(format!(
+                "input `{name}` is {:?}, the package takes {:?}",
+                t.shape, ty.shape
+            )));
+        };
+        if examples.is_some_and(|e| e != n) {
+            return Err(VerifyError::Reference(
+                "inputs have different batch sizes".into(),
+            ));
+        }
+        examples = Some(n);
+    }
+    let examples = examples.ok_or_else(|| VerifyError::Reference("no inputs".into()))?;
+
+    // Outputs of every example, concatenated per output name.
+    let mut got: std::collections::BTreeMap<String, Vec<f32>> = Default::default();
+    for i in 0..examples {
+        let inputs: Vec<(&str, Tensor)> = reference_inputs
+            .iter()
+            .map(|(n, t)| {
+                let item = if examples == 1 {
+                    t.clone()
+                } else {
+                    t.batch_item(i).expect("batch checked")
+                };
+                (n.as_str(), item)
+            })
+            .collect();
+        for (name, out) in package.run(&inputs)? {
+            let vals: Vec<f32> = match out {
+                Output::Tensor(t) => t.data,
+                Output::Probabilities(p) => p.into_iter().map(|(_, v)| v as f32).collect(),
+                Output::Label(_) => continue,
+            };
+            got.entry(name).or_default().extend(vals);
+        }
+    }
+
+    let th = Thresholds::for_precision(precision);
+    let mut checks = Vec::new();
+    for (rname, rt) in reference_outputs {
+        let alias = match rname.as_str() {
+            "pooled" => names::EMBEDDING,
+            "last_hidden_state" => names::TOKENS,
+            n => n,
+        };
+        let (oname, reference, class_scores) = if let Some(_g) = got.get(alias) {
+            (alias.to_string(), rt.data.clone(), alias == names::LOGITS)
+        } else if alias == names::LOGITS && got.contains_key(names::PROBS) {
+            let classes = *rt.shape.last().unwrap_or(&1);
+            (
+                names::PROBS.to_string(),
+                softmax_rows(&rt.data, classes),
+                true,
+            )
+        } else {
+            return Err(VerifyError::Reference(format!(
+                "the package has no output for reference `{rname}`"
+            )));
+        };
+        let g = &got[&oname];
+        if g.len() != reference.len() {
+            return Err(VerifyError::Reference(format!(
+                "`{rname}` has {} values, the package gave {} for `{oname}`",
+                reference.len(),
+                g.len()
+            )));
+        }
+        let max_abs_error = g
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .fold(0.0, f64::max);
+        let scale = reference.iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
+        let relative_error = max_abs_error / if scale > 0.0 { scale } else { 1.0 };
+        let top1 = class_scores.then(|| {
+            let classes = *rt.shape.last().unwrap_or(&1);
+            let rows = reference.len() / classes.max(1);
+            let agree = (0..rows)
+                .filter(|&r| {
+                    argmax(&g[r * classes..(r + 1) * classes])
+                        == argmax(&reference[r * classes..(r + 1) * classes])
+                })
+                .count();
+            agree as f64 / rows.max(1) as f64
+        });
+        let pass = relative_error < th.max_relative_error
+            && !relative_error.is_nan()
+            && top1.is_none_or(|a| a >= th.min_top1_agreement);
+        checks.push(OutputCheck {
+            reference: rname.clone(),
+            output: oname,
+            elements: reference.len(),
+            max_abs_error,
+            reference_scale: scale,
+            relative_error,
+            top1_agreement: top1,
+            pass,
+        });
+    }
+    if checks.is_empty() {
+        return Err(VerifyError::Reference("no reference outputs".into()));
+    }
+    let pass = checks.iter().all(|c| c.pass);
+    Ok(VerifyReport {
+        package: pkg.to_path_buf(),
+        precision,
+        examples,
+        thresholds: th,
+        outputs: checks,
+        pass,
+    })
+}

@@ -1,0 +1,531 @@
+//! Emits a ViT as a MIL program from a [`Checkpoint`]: everything [`ModelConfig`] can
+//! express (registers, every `pos_embed_prefix` layout, fused or separate q/k/v with or
+//! without bias, GELU or packed SwiGLU, layer scale, cls or mean pooling, any head).
+//! Weights stream from the memory-mapped checkpoint into the blob sink one tensor at a
+//! time.
+
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{MlpKind, ModelConfig, Pooling, QkvLayout};
+use crate::coreml::mil::{
+    ConvPad, DType, FloatSource, GeluMode, MilError, ProgramBuilder, TensorTy, Var,
+};
+
+/// What the model takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// An RGB image of the model's size with 0..255 pixels; mean/std preprocessing is
+    /// part of the program.
+    #[default]
+    Image,
+    /// A float multiArray `[1, 3, H, W]`, already normalised.
+    Array,
+}
+
+/// What the model returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// `classLabel` (string) and `classLabel_probs` (class -> probability).
+    Classifier,
+    /// `logits` `[1, num_classes]`.
+    Logits,
+    /// `embedding` `[1, D]` (the pooled, normalised token) and `tokens` `[1, T, D]`
+    /// (the whole sequence after the final norm).
+    Features,
+}
+
+/// Names of the features the emitted program exposes.
+pub mod names {
+    pub const IMAGE: &str = "image";
+    pub const PIXEL_VALUES: &str = "pixel_values";
+    pub const LABEL: &str = "classLabel";
+    pub const PROBS: &str = "classLabel_probs";
+    pub const LOGITS: &str = "logits";
+    pub const EMBEDDING: &str = "embedding";
+    pub const TOKENS: &str = "tokens";
+}
+
+#[derive(Debug, Clone)]
+pub struct VitOptions {
+    /// Storage type inside the program: fp16 or fp32.
+    pub precision: DType,
+    /// Element type of multiArray inputs and outputs.
+    pub io_dtype: DType,
+    pub input: InputKind,
+    pub output: OutputKind,
+    /// One `scaled_dot_product_attention` op per block instead of matmul + softmax.
+    pub fused_attention: bool,
+}
+
+/// How a feature of the emitted program is typed in the model description.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureKind {
+    Image {
+        width: usize,
+        height: usize,
+    },
+    Array {
+        shape: Vec<usize>,
+        dtype: DType,
+    },
+    /// The predicted class name.
+    Label,
+    /// Class name -> probability.
+    Probabilities,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feature {
+    pub name: String,
+    pub description: String,
+    pub kind: FeatureKind,
+}
+
+/// The emitted program's interface.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VitIo {
+    pub inputs: Vec<Feature>,
+    pub outputs: Vec<Feature>,
+    /// Set for classifiers: (label output, probabilities output).
+    pub classifier: Option<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error(transparent)]
+    Mil(#[from] MilError),
+    #[error("checkpoint tensor `{name}`: {msg}")]
+    Tensor { name: String, msg: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Emits the whole model into `b`. Returns the program's interface; its outputs are
+/// already named as in [`names`].
+pub fn emit_vit(
+    b: &mut ProgramBuilder<'_>,
+    ck: &Checkpoint,
+    opts: &VitOptions,
+) -> Result<VitIo, EmitError> {
+    let st = ck.tensors();
+    let mut e = Emitter {
+        b,
+        st: &st,
+        cfg: &ck.config,
+        dt: opts.precision,
+    };
+    e.emit(opts)
+}
+
+struct Emitter<'a, 'b, 's> {
+    b: &'a mut ProgramBuilder<'b>,
+    st: &'a SafeTensors<'s>,
+    cfg: &'a ModelConfig,
+    dt: DType,
+}
+
+impl<'s> Emitter<'_, '_, 's> {
+    /// Little-endian f32 bytes and shape of a checkpoint tensor.
+    fn raw(&self, name: &str) -> Result<(&'s [u8], Vec<usize>), EmitError> {
+        let view = self.st.tensor(name).map_err(|e| EmitError::Tensor {
+            name: name.into(),
+            msg: e.to_string(),
+        })?;
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(EmitError::Tensor {
+                name: name.into(),
+                msg: format!("is {:?}, expected F32", view.dtype()),
+            });
+        }
+        Ok((view.data(), view.shape().to_vec()))
+    }
+
+    /// A checkpoint tensor as a program constant, optionally viewed with another shape.
+    fn weight(&mut self, name: &str, shape: Option<&[usize]>) -> Result<Var, EmitError> {
+        let (bytes, own) = self.raw(name)?;
+        let shape = shape.map(<[usize]>::to_vec).unwrap_or(own);
+        let cname = crate::coreml::mil::types::ident(name);
+        Ok(self
+            .b
+            .const_float(&cname, self.dt, &shape, FloatSource::LeBytes(bytes))?)
+    }
+
+    fn values(&self, name: &str) -> Result<Vec<f32>, EmitError> {
+        Ok(crate::checkpoint::le_f32(self.raw(name)?.0))
+    }
+
+    fn constant(&mut self, name: &str, shape: &[usize], v: &[f32]) -> Result<Var, EmitError> {
+        Ok(self
+            .b
+            .const_float(name, self.dt, shape, FloatSource::Values(v))?)
+    }
+
+    /// `{prefix}.weight` and `{prefix}.bias`, the bias zero when the layer has none.
+    fn linear_params(
+        &mut self,
+        prefix: &str,
+        out: usize,
+        bias: bool,
+    ) -> Result<(Var, Var), EmitError> {
+        let w = self.weight(&format!("{prefix}.weight"), None)?;
+        let b = if bias {
+            self.weight(&format!("{prefix}.bias"), None)?
+        } else {
+            // Core ML's own default for a missing linear bias, written explicitly.
+            let name = crate::coreml::mil::types::ident(&format!("{prefix}.bias"));
+            self.constant(&name, &[out], &vec![0.0; out])?
+        };
+        Ok((w, b))
+    }
+
+    fn linear(&mut self, prefix: &str, x: &Var, out: usize, bias: bool) -> Result<Var, EmitError> {
+        let (w, b) = self.linear_params(prefix, out, bias)?;
+        Ok(self
+            .b
+            .linear(&crate::coreml::mil::types::ident(prefix), x, &w, &b)?)
+    }
+
+    fn layer_norm(&mut self, prefix: &str, x: &Var) -> Result<Var, EmitError> {
+        let g = self.weight(&format!("{prefix}.weight"), None)?;
+        let bt = self.weight(&format!("{prefix}.bias"), None)?;
+        let name = crate::coreml::mil::types::ident(prefix);
+        Ok(self
+            .b
+            .layer_norm(&name, x, &[-1], &g, &bt, self.cfg.norm_eps)?)
+    }
+
+    /// Casts to `to` under `name` when the types differ, else returns `x`.
+    fn cast_to(&mut self, name: &str, x: &Var, to: DType) -> Result<Var, EmitError> {
+        if x.dtype() == to {
+            Ok(x.clone())
+        } else {
+            Ok(self.b.cast(name, x, to)?)
+        }
+    }
+
+    fn emit(&mut self, opts: &VitOptions) -> Result<VitIo, EmitError> {
+        let cfg = self.cfg;
+        let s = cfg.image_size;
+        let c = cfg.in_channels;
+        let mut io = VitIo {
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            classifier: None,
+        };
+
+        // Input and preprocessing.
+        let x = match opts.input {
+            InputKind::Image => {
+                if c != 3 {
+                    return Err(EmitError::Unsupported(format!(
+                        "image input needs a 3-channel model, this one has {c} channels"
+                    )));
+                }
+                let img = self
+                    .b
+                    .input(names::IMAGE, TensorTy::new(DType::F32, [1, 3, s, s]))?;
+                io.inputs.push(Feature {
+                    name: names::IMAGE.into(),
+                    description: format!("RGB image, {s}x{s}, pixel values 0..255"),
+                    kind: FeatureKind::Image {
+                        width: s,
+                        height: s,
+                    },
+                });
+                // (p / 255 - mean) / std == p * (1 / (255 std)) + (-mean / std); done in
+                // fp32 before any cast to fp16 so 0..255 values keep their precision.
+                let pp = &cfg.preprocess;
+                let scale: Vec<f32> = (0..3).map(|i| 1.0 / (255.0 * pp.std[i])).collect();
+                let bias: Vec<f32> = (0..3).map(|i| -pp.mean[i] / pp.std[i]).collect();
+                let sc = self.b.const_float(
+                    "preprocess_scale",
+                    DType::F32,
+                    &[1, 3, 1, 1],
+                    FloatSource::Values(&scale),
+                )?;
+                let bi = self.b.const_float(
+                    "preprocess_bias",
+                    DType::F32,
+                    &[1, 3, 1, 1],
+                    FloatSource::Values(&bias),
+                )?;
+                let m = self.b.mul("preprocess_mul", &img, &sc)?;
+                let a = self.b.add("preprocess_add", &m, &bi)?;
+                self.cast_to("input_cast", &a, self.dt)?
+            }
+            InputKind::Array => {
+                let inp = self.b.input(
+                    names::PIXEL_VALUES,
+                    TensorTy::new(opts.io_dtype, [1, c, s, s]),
+                )?;
+                io.inputs.push(Feature {
+                    name: names::PIXEL_VALUES.into(),
+                    description: format!("normalised pixels, [1, {c}, {s}, {s}] (NCHW)"),
+                    kind: FeatureKind::Array {
+                        shape: vec![1, c, s, s],
+                        dtype: opts.io_dtype,
+                    },
+                });
+                self.cast_to("input_cast", &inp, self.dt)?
+            }
+        };
+
+        let tokens = self.embeddings(&x)?;
+        let mut x = tokens;
+        for i in 0..cfg.num_layers {
+            x = self.block(i, &x, opts.fused_attention)?;
+        }
+
+        let d = cfg.hidden_size;
+        let t = cfg.num_tokens();
+        let p = cfg.num_prefix_tokens();
+        let cast_out = opts.io_dtype != self.dt;
+        let edge = |name: &str, cast: bool| {
+            if cast {
+                format!("{name}_internal")
+            } else {
+                name.to_string()
+            }
+        };
+
+        // The final norm is the `tokens` output when features are asked for.
+        let features = opts.output == OutputKind::Features;
+        let g = self.weight("norm.weight", None)?;
+        let bt = self.weight("norm.bias", None)?;
+        let norm_name = if features {
+            edge(names::TOKENS, cast_out)
+        } else {
+            "final_norm".to_string()
+        };
+        let normed = self
+            .b
+            .layer_norm(&norm_name, &x, &[-1], &g, &bt, cfg.norm_eps)?;
+
+        let pooled_name = if features {
+            edge(names::EMBEDDING, cast_out)
+        } else {
+            "pooled".to_string()
+        };
+        let pooled = match cfg.pooling {
+            Pooling::Cls => self.b.slice_by_index(
+                &pooled_name,
+                &normed,
+                &[0, 0, 0],
+                &[1, 1, d],
+                &[false, true, false],
+            )?,
+            Pooling::Mean => {
+                let patches = self.b.slice_by_index(
+                    "patch_tokens_final",
+                    &normed,
+                    &[0, p, 0],
+                    &[1, t, d],
+                    &[false; 3],
+                )?;
+                self.b.reduce_mean(&pooled_name, &patches, &[1], false)?
+            }
+        };
+
+        match opts.output {
+            OutputKind::Features => {
+                self.cast_to(names::EMBEDDING, &pooled, opts.io_dtype)?;
+                self.cast_to(names::TOKENS, &normed, opts.io_dtype)?;
+                io.outputs.push(Feature {
+                    name: names::EMBEDDING.into(),
+                    description: format!(
+                        "pooled embedding [1, {d}] ({} after the final norm)",
+                        match cfg.pooling {
+                            Pooling::Cls => "class token",
+                            Pooling::Mean => "mean of the patch tokens",
+                        }
+                    ),
+                    kind: FeatureKind::Array {
+                        shape: vec![1, d],
+                        dtype: opts.io_dtype,
+                    },
+                });
+                io.outputs.push(Feature {
+                    name: names::TOKENS.into(),
+                    description: format!("token sequence [1, {t}, {d}] after the final norm: class, {} registers, {} patches (row-major)", cfg.num_register_tokens, cfg.num_patches()),
+                    kind: FeatureKind::Array { shape: vec![1, t, d], dtype: opts.io_dtype },
+                });
+            }
+            OutputKind::Logits | OutputKind::Classifier => {
+                let nc = cfg.num_classes;
+                if nc == 0 {
+                    return Err(EmitError::Unsupported(
+                        "this model has no classification head (num_classes = 0): export it with `features` output".into(),
+                    ));
+                }
+                let (w, b) = self.linear_params("head", nc, true)?;
+                if opts.output == OutputKind::Logits {
+                    let logits = self
+                        .b
+                        .linear(&edge(names::LOGITS, cast_out), &pooled, &w, &b)?;
+                    self.cast_to(names::LOGITS, &logits, opts.io_dtype)?;
+                    io.outputs.push(Feature {
+                        name: names::LOGITS.into(),
+                        description: format!("class scores before softmax, [1, {nc}]"),
+                        kind: FeatureKind::Array {
+                            shape: vec![1, nc],
+                            dtype: opts.io_dtype,
+                        },
+                    });
+                } else {
+                    let logits = self.b.linear("logits", &pooled, &w, &b)?;
+                    let probs = self.b.softmax("probabilities", &logits, -1)?;
+                    // classify takes fp32.
+                    let probs = self.cast_to("probabilities_fp32", &probs, DType::F32)?;
+                    self.b
+                        .classify(names::LABEL, names::PROBS, &probs, &cfg.class_labels())?;
+                    io.outputs.push(Feature {
+                        name: names::LABEL.into(),
+                        description: "most likely class".into(),
+                        kind: FeatureKind::Label,
+                    });
+                    io.outputs.push(Feature {
+                        name: names::PROBS.into(),
+                        description: "probability of each class".into(),
+                        kind: FeatureKind::Probabilities,
+                    });
+                    io.classifier = Some((names::LABEL.into(), names::PROBS.into()));
+                }
+            }
+        };
+        Ok(io)
+    }
+
+    /// Patch embedding, class/register tokens and position embeddings -> `[1, T, D]`.
+    fn embeddings(&mut self, x: &Var) -> Result<Var, EmitError> {
+        let cfg = self.cfg;
+        let (d, ps, g, n) = (
+            cfg.hidden_size,
+            cfg.patch_size,
+            cfg.grid(),
+            cfg.num_patches(),
+        );
+        let r = cfg.num_register_tokens;
+        let w = self.weight("patch_embed.weight", None)?;
+        let bias = self.weight("patch_embed.bias", None)?;
+        let conv = self.b.conv2d(
+            "patch_embed",
+            x,
+            &w,
+            &bias,
+            [ps, ps],
+            ConvPad::Valid,
+            [1, 1],
+            1,
+        )?;
+        let flat = self.b.reshape("patch_embed_flat", &conv, &[1, d, g * g])?;
+        let patches = self.b.transpose("patch_embed_tokens", &flat, &[0, 2, 1])?;
+
+        // Position rows: `pos_embed_prefix` leading rows for the first prefix tokens,
+        // then one per patch.
+        let prefix = cfg.pos_embed_prefix;
+        let (pos_bytes, _) = self.raw("pos_embed")?;
+        let patch_pos = FloatSource::LeBytes(&pos_bytes[prefix * d * 4..]);
+        let pos = self
+            .b
+            .const_float("pos_embed_patches", self.dt, &[1, n, d], patch_pos)?;
+        let patches = self.b.add("patch_embed_pos", &patches, &pos)?;
+
+        // Class and register tokens with their position rows (if any) added here, in
+        // f32, once: they do not depend on the input.
+        let pos_prefix = crate::checkpoint::le_f32(&pos_bytes[..prefix * d * 4]);
+        let mut lead = self.values("cls_token")?;
+        if r > 0 {
+            lead.extend(self.values("reg_tokens")?);
+        }
+        for (v, p) in lead.iter_mut().zip(&pos_prefix) {
+            *v += p;
+        }
+        let lead = self.constant("prefix_tokens", &[1, 1 + r, d], &lead)?;
+        Ok(self.b.concat("embed_tokens", &[&lead, &patches], 1)?)
+    }
+
+    fn block(&mut self, i: usize, x: &Var, fused_attention: bool) -> Result<Var, EmitError> {
+        let cfg = self.cfg;
+        let (d, h, hd, t) = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.head_dim(),
+            cfg.num_tokens(),
+        );
+        let pre = format!("blocks.{i}");
+        let id = |s: &str| crate::coreml::mil::types::ident(&format!("{pre}.{s}"));
+
+        let hn = self.layer_norm(&format!("{pre}.norm1"), x)?;
+        let (q, k, v) = match cfg.qkv {
+            QkvLayout::Fused => {
+                let qkv = self.linear(&format!("{pre}.attn.qkv"), &hn, 3 * d, cfg.qkv_bias)?;
+                let mut parts = self
+                    .b
+                    .split(&id("attn.qkv_split"), &qkv, &[d, d, d], -1)?
+                    .into_iter();
+                let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+                    unreachable!("split into three")
+                };
+                (q, k, v)
+            }
+            QkvLayout::Separate => (
+                self.linear(&format!("{pre}.attn.q"), &hn, d, cfg.qkv_bias)?,
+                self.linear(&format!("{pre}.attn.k"), &hn, d, cfg.qkv_bias)?,
+                self.linear(&format!("{pre}.attn.v"), &hn, d, cfg.qkv_bias)?,
+            ),
+        };
+        // [1, T, D] -> [1, H, T, hd]: heads are contiguous hd-sized slices.
+        let mut heads = Vec::with_capacity(3);
+        for (n, y) in [("q", &q), ("k", &k), ("v", &v)] {
+            let r = self
+                .b
+                .reshape(&id(&format!("attn.{n}_heads")), y, &[1, t, h, hd])?;
+            heads.push(
+                self.b
+                    .transpose(&id(&format!("attn.{n}_bhtd")), &r, &[0, 2, 1, 3])?,
+            );
+        }
+        let (q, k, v) = (&heads[0], &heads[1], &heads[2]);
+        let o = if fused_attention {
+            self.b
+                .scaled_dot_product_attention(&id("attn.sdpa"), q, k, v)?
+        } else {
+            let scale = self.constant(&id("attn.scale"), &[], &[1.0 / (hd as f32).sqrt()])?;
+            let qs = self.b.mul(&id("attn.q_scaled"), q, &scale)?;
+            let s = self.b.matmul(&id("attn.scores"), &qs, k, false, true)?;
+            let p = self.b.softmax(&id("attn.probs"), &s, -1)?;
+            self.b.matmul(&id("attn.context"), &p, v, false, false)?
+        };
+        let o = self.b.transpose(&id("attn.merge_t"), &o, &[0, 2, 1, 3])?;
+        let o = self.b.reshape(&id("attn.merge"), &o, &[1, t, d])?;
+        let mut o = self.linear(&format!("{pre}.attn.proj"), &o, d, true)?;
+        if cfg.layer_scale {
+            let g = self.weight(&format!("{pre}.ls1"), None)?;
+            o = self.b.mul(&id("ls1_mul"), &o, &g)?;
+        }
+        let x = self.b.add(&id("residual1"), x, &o)?;
+
+        let hn = self.layer_norm(&format!("{pre}.norm2"), &x)?;
+        let f1 = self.linear(&format!("{pre}.mlp.fc1"), &hn, cfg.fc1_out(), true)?;
+        let act = match cfg.mlp {
+            MlpKind::Gelu => self.b.gelu(&id("mlp.act"), &f1, GeluMode::Exact)?,
+            MlpKind::SwigluPacked => {
+                let hm = cfg.mlp_hidden;
+                let parts = self.b.split(&id("mlp.fc1_split"), &f1, &[hm, hm], -1)?;
+                // The first half is the gate.
+                let gate = self.b.silu(&id("mlp.act"), &parts[0])?;
+                self.b.mul(&id("mlp.gated"), &gate, &parts[1])?
+            }
+        };
+        let mut f2 = self.linear(&format!("{pre}.mlp.fc2"), &act, d, true)?;
+        if cfg.layer_scale {
+            let g = self.weight(&format!("{pre}.ls2"), None)?;
+            f2 = self.b.mul(&id("ls2_mul"), &f2, &g)?;
+        }
+        Ok(self.b.add(&id("residual2"), &x, &f2)?)
+    }
+}
