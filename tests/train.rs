@@ -1,0 +1,389 @@
+//! Training end to end on real and synthetic images: accuracy, what changes, adapter
+//! round trip, kill + resume, non-finite loss, bad images and labels.
+#![cfg(feature = "mlx")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use mlx_coreml_pipeline::checkpoint::Checkpoint;
+use mlx_coreml_pipeline::model;
+use mlx_coreml_pipeline::train::{self, adapters, BadImagePolicy, Mode, TrainConfig};
+use mlx_rs::Array;
+
+fn pipeline() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pipeline"))
+}
+
+fn micro_model(dir: &Path) -> PathBuf {
+    let out = dir.join("base");
+    mlx_coreml_pipeline::convert::convert("preset:vit-micro8", &out, &Default::default()).unwrap();
+    out
+}
+
+/// Three classes of 32x32 images a small model separates quickly: red, green and blue
+/// squares at varying positions on noise.
+fn synthetic_folder(root: &Path, per_class: usize) {
+    for split in ["train", "val"] {
+        for (c, name) in ["red", "green", "blue"].iter().enumerate() {
+            let dir = root.join(split).join(name);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_class {
+                let off = (i * 7 % 16) as u32;
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let inside = (off..off + 14).contains(&x) && (off..off + 14).contains(&y);
+                    let n = ((x * 31 + y * 17 + i as u32 * 13) % 64) as u8;
+                    let mut p = [n, n, n];
+                    if inside {
+                        p[c] = 230;
+                    }
+                    image::Rgb(p)
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+fn quick_config(data: &Path) -> TrainConfig {
+    TrainConfig {
+        data: data.to_path_buf(),
+        epochs: 2,
+        batch_size: 8,
+        lr: 3e-3,
+        workers: 2,
+        augment: false,
+        ..Default::default()
+    }
+}
+
+fn read(path: &Path) -> BTreeMap<String, Tensor> {
+    read_tensors(path)
+}
+
+#[test]
+fn lora_on_digits_learns_and_changes_only_adapters_and_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("digits");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make_digits_dataset.py");
+    let st = Command::new("python3")
+        .arg(&script)
+        .arg(&data)
+        .status()
+        .expect("python3");
+    assert!(
+        st.success(),
+        "make_digits_dataset.py failed (needs `pip install scikit-learn`)"
+    );
+    let base = micro_model(tmp.path());
+    let run = tmp.path().join("run");
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch_size: 32,
+        lr: 3e-3,
+        ..quick_config(&data)
+    };
+    let r = train::train(&base, &run, &cfg, false, false, true).unwrap();
+    let e = r.final_eval.expect("validation ran");
+    // 10 classes: chance is 10%.
+    assert!(
+        e.top1 > 0.5,
+        "val top-1 {} is not well above chance",
+        e.top1
+    );
+    assert!(e.top5.is_some());
+    assert_eq!(e.confusion.len(), 10);
+
+    // Only LoRA matrices and the new head were trained.
+    let trained = read(&run.join("checkpoint/trainable.safetensors"));
+    assert!(
+        trained
+            .keys()
+            .all(|k| k.ends_with(".lora_a") || k.ends_with(".lora_b") || k.starts_with("head.")),
+        "{:?}",
+        trained.keys()
+    );
+    assert_eq!(
+        trained.keys().filter(|k| k.ends_with(".lora_a")).count(),
+        16
+    );
+    // Every base tensor is bit-identical: the base file is untouched and the adapters
+    // file holds nothing else.
+    let ck = Checkpoint::load(&base).unwrap();
+    let acfg = adapters::read_config(&run.join("adapters")).unwrap();
+    assert_eq!(acfg.base_model_hash, ck.content_hash());
+    let adapter_tensors = read(&run.join("adapters/adapters.safetensors"));
+    assert_eq!(
+        adapter_tensors.keys().collect::<Vec<_>>(),
+        trained.keys().collect::<Vec<_>>()
+    );
+    for name in ck.config.tensor_shapes().into_iter().map(|(n, _)| n) {
+        assert!(
+            !adapter_tensors.contains_key(&name) || name.starts_with("head."),
+            "base tensor {name} in adapters"
+        );
+    }
+    // The outputs the run promises.
+    for f in [
+        "metrics.jsonl",
+        "curves.png",
+        "summary.json",
+        "summary.md",
+        "best/adapters.safetensors",
+        "run.json",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let png = image::open(run.join("curves.png")).unwrap();
+    assert!(png.width() > 100);
+}
+
+#[test]
+fn adapters_round_trip_reproduces_the_trained_model_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = micro_model(tmp.path());
+    let ck = Checkpoint::load(&base).unwrap();
+    let mut vit = model::from_checkpoint(&ck).unwrap();
+    let cfg = train::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: "attention".into(),
+    };
+    let layers = train::lora::attach(&mut vit, &cfg, 7).unwrap();
+    // Give B and a new 3-class head non-zero values, as training would.
+    let mut rng = mlx_coreml_pipeline::rng::Rng::new(3);
+    for (_, l) in vit.block_linears_mut() {
+        if let Some(b) = l.lora_b.value.as_ref() {
+            let n = b.size();
+            let v: Vec<f32> = (0..n).map(|_| rng.normal() * 0.1).collect();
+            l.lora_b.value = Some(Array::from_slice(&v, b.shape()));
+        }
+    }
+    let w: Vec<f32> = (0..3 * 64).map(|_| rng.normal() * 0.1).collect();
+    vit.head.weight.value = Some(Array::from_slice(&w, &[3, 64]));
+    vit.head.bias.value = Some(Array::from_slice(&[0.1f32, -0.2, 0.3], &[3]));
+    let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let acfg = adapters::AdapterConfig {
+        format: adapters::FORMAT.into(),
+        lora: cfg,
+        layers,
+        base_model_hash: ck.content_hash(),
+        base_model_source: "preset:vit-micro8".into(),
+        classes: classes.clone(),
+        mean: ck.config.preprocess.mean,
+        std: ck.config.preprocess.std,
+        replaced: vec!["head.weight".into(), "head.bias".into()],
+    };
+    let dir = tmp.path().join("adapters");
+    adapters::save(&dir, &vit, &acfg, &ck.config).unwrap();
+
+    let x: Vec<f32> = (0..2 * 3 * 32 * 32).map(|_| rng.normal()).collect();
+    let x = Array::from_slice(&x, &[2, 3, 32, 32]);
+    let want = model::to_host(&vit.forward(&x).unwrap().logits.unwrap()).unwrap();
+
+    let mut again = model::from_checkpoint(&ck).unwrap();
+    adapters::apply(&dir, &mut again, &ck.content_hash()).unwrap();
+    assert_eq!(again.config.class_names.as_ref().unwrap(), &classes);
+    let got = model::to_host(&again.forward(&x).unwrap().logits.unwrap()).unwrap();
+    assert_eq!(
+        got, want,
+        "adapters applied to the base must give the same logits bit for bit"
+    );
+
+    // Another base is refused with a clear message.
+    let other = tmp.path().join("other");
+    mlx_coreml_pipeline::convert::preset::write_random("vit-micro8", 99, &other, false).unwrap();
+    let ck2 = Checkpoint::load(&other).unwrap();
+    let mut wrong = model::from_checkpoint(&ck2).unwrap();
+    let err = adapters::apply(&dir, &mut wrong, &ck2.content_hash())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("trained on base model") && err.contains("preset:vit-micro8"),
+        "{err}"
+    );
+}
+
+fn adapters_bytes(run: &Path) -> Vec<u8> {
+    fs::read(run.join("adapters/adapters.safetensors")).unwrap()
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_folder(&data, 16);
+    let base = micro_model(tmp.path());
+    let args = |run: &Path| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            base.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--save-every",
+            "1",
+            "--seed",
+            "5",
+            "--lora-dropout",
+            "0.1",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // Uninterrupted reference run.
+    let full = tmp.path().join("full");
+    assert!(pipeline().args(args(&full)).status().unwrap().success());
+
+    // Same run, killed with SIGKILL once it has saved a few steps, then resumed.
+    let killed = tmp.path().join("killed");
+    let mut child = pipeline().args(args(&killed)).spawn().unwrap();
+    let state = killed.join("checkpoint/state.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let step = fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["step"].as_u64())
+            .unwrap_or(0);
+        if step >= 4 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the run finished before it could be killed"
+    );
+    assert!(!killed.join("adapters").exists());
+    let o = pipeline()
+        .args(["train", "--resume", killed.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        adapters_bytes(&killed),
+        adapters_bytes(&full),
+        "resumed run must end with the same weights"
+    );
+    // metrics.jsonl has each step once.
+    let steps: Vec<u64> = fs::read_to_string(killed.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    let mut dedup = steps.clone();
+    dedup.dedup();
+    assert_eq!(steps, dedup);
+    assert_eq!(steps.len(), 18);
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_folder(&data, 16);
+    let base = micro_model(tmp.path());
+    let run = tmp.path().join("run");
+    let cfg = TrainConfig {
+        mode: Mode::Full,
+        lr: 1e30,
+        clip_norm: 0.0,
+        weight_decay: 0.0,
+        save_every: 1,
+        schedule: train::Schedule::Constant,
+        ..quick_config(&data)
+    };
+    let err = train::train(&base, &run, &cfg, false, false, true).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("not finite") && msg.contains("step "), "{msg}");
+    let train::TrainError::NonFinite {
+        step, last_good, ..
+    } = err
+    else {
+        panic!("{msg}")
+    };
+    assert!(step >= 2, "the first step's loss is finite; step {step}");
+    assert_eq!(last_good, step - 1);
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["step"].as_u64().unwrap() as usize, last_good);
+    let params = read(&run.join("checkpoint/trainable.safetensors"));
+    assert!(
+        params
+            .values()
+            .all(|t| t.data.iter().all(|v| v.is_finite())),
+        "kept checkpoint must be finite"
+    );
+}
+
+#[test]
+fn bad_images_fail_or_are_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_folder(&data, 8);
+    fs::write(data.join("train/red/broken.png"), b"definitely not a png").unwrap();
+    let base = micro_model(tmp.path());
+    let err = train::train(
+        &base,
+        &tmp.path().join("a"),
+        &quick_config(&data),
+        false,
+        false,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("broken.png"), "{err}");
+    let cfg = TrainConfig {
+        bad_images: BadImagePolicy::Skip,
+        epochs: 1,
+        ..quick_config(&data)
+    };
+    let r = train::train(&base, &tmp.path().join("b"), &cfg, false, false, true).unwrap();
+    assert_eq!(r.skipped_images, 1);
+    let summary = fs::read_to_string(tmp.path().join("b/summary.md")).unwrap();
+    assert!(summary.contains("| skipped images | 1 |"), "{summary}");
+}
+
+#[test]
+fn label_outside_the_class_list_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_folder(&data, 4);
+    let csv = tmp.path().join("train.csv");
+    let val = tmp.path().join("val.csv");
+    fs::write(
+        &csv,
+        "image_path,label\ndata/train/red/0.png,red\ndata/train/blue/0.png,blue\n",
+    )
+    .unwrap();
+    fs::write(&val, "image_path,label\ndata/val/green/0.png,green\n").unwrap();
+    let base = micro_model(tmp.path());
+    let cfg = TrainConfig {
+        val_data: Some(val.clone()),
+        ..quick_config(&csv)
+    };
+    let err = train::train(&base, &tmp.path().join("run"), &cfg, false, false, true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("val.csv") && err.contains("green"), "{err}");
+}
