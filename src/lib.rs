@@ -12,9 +12,12 @@ pub mod fsutil;
 pub mod imaging;
 pub mod inspect;
 #[cfg(feature = "mlx")]
+pub mod merge;
+#[cfg(feature = "mlx")]
 pub mod model;
 pub mod posembed;
 pub mod progress;
 pub mod rng;
 #[cfg(feature = "mlx")]
 pub mod train;
+pub mod verify;

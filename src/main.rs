@@ -14,7 +14,9 @@ use mlx_coreml_pipeline as lib;
     about = "Vision Transformers from pretrained weights to benchmarked Core ML models",
     long_about = "Vision Transformers from pretrained weights to benchmarked Core ML models.\n\n\
         Stages: convert (transformers / timm checkpoints or presets into this tool's \
-        checkpoint), inspect, embed (run a checkpoint with MLX)."
+        checkpoint), train (LoRA or full fine-tuning with MLX), merge (fold adapters), \
+        export (write a Core ML .mlpackage), verify (check it without a Mac); plus \
+        inspect and embed."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -104,6 +106,135 @@ enum Command {
         (resumable with --resume), metrics.jsonl, curves.png and summary.md/json."
     )]
     Train(TrainArgs),
+    /// Fold LoRA adapters into their base and write a plain checkpoint.
+    #[cfg(feature = "mlx")]
+    Merge {
+        /// Base checkpoint the adapters were trained on.
+        #[arg(long)]
+        base: PathBuf,
+        /// Adapter folder (RUN/adapters or RUN/best).
+        #[arg(long)]
+        adapters: PathBuf,
+        /// Output checkpoint folder.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Replace an existing output folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a Core ML package (.mlpackage) from a checkpoint, without Python or coremltools.
+    #[command(
+        long_about = "Write an ML Program .mlpackage directly: our protobuf schema, \
+        MIL program and weight blob. The deployment target defaults to the lowest that \
+        supports the options (iOS18 uses the fused attention op). Written to a temporary \
+        path and renamed; an existing package is replaced only with --force."
+    )]
+    Export(ExportArgs),
+    /// Check a package against its checkpoint (MLX) or saved reference outputs, with our MIL interpreter.
+    #[command(
+        long_about = "Runs the package through our interpreter of the MIL ops we emit \
+        (float32 arithmetic, fp16 values rounded as Core ML stores them) and compares with \
+        the MLX forward of --model, or with --reference outputs (a safetensors file with \
+        pixel_values and last_hidden_state / pooled / logits, as `pipeline embed` writes). \
+        Inputs: --images, the reference's pixels, or a seeded probe batch. Fails (exit 1) \
+        beyond the thresholds: fp32 max abs error under 1e-4 of the output scale; fp16 \
+        relative error under 1e-2 and 100% top-1 agreement."
+    )]
+    Verify {
+        /// The .mlpackage to check.
+        package: PathBuf,
+        /// Checkpoint it was exported from (reference computed with MLX).
+        #[arg(long, short)]
+        model: Option<PathBuf>,
+        /// Saved reference inputs/outputs (safetensors).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Images to compare on (needs --model for preprocessing).
+        #[arg(long, num_args = 1..)]
+        images: Vec<PathBuf>,
+        /// Probe batch size when no images or reference are given.
+        #[arg(long, default_value_t = 4)]
+        probe: usize,
+        /// JSON report path (default: next to the package, NAME.verify.json).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Checkpoint folder.
+    model: PathBuf,
+    /// Output package, NAME.mlpackage.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// fp16 (default) or fp32.
+    #[arg(long, default_value = "fp16")]
+    precision: lib::coreml::Precision,
+    /// iOS15, iOS16, iOS17 or iOS18 (default: lowest that supports the options).
+    #[arg(long)]
+    target: Option<lib::coreml::Target>,
+    /// image (RGB, preprocessing built in) or array (normalised float multiArray).
+    #[arg(long, default_value = "image", value_parser = ["image", "array"])]
+    input: String,
+    /// classifier, logits or features (default: classifier with a head, else features).
+    #[arg(long, value_parser = ["classifier", "logits", "features"])]
+    output: Option<String>,
+    /// fp16 multiArray inputs/outputs (iOS16+).
+    #[arg(long)]
+    io_fp16: bool,
+    #[arg(long)]
+    author: Option<String>,
+    #[arg(long)]
+    license: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    version: Option<String>,
+    /// Extra metadata entries KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+    /// Replace an existing package.
+    #[arg(long)]
+    force: bool,
+}
+
+impl ExportArgs {
+    fn options(&self) -> Result<lib::coreml::ExportOptions> {
+        use lib::coreml::{ExportMetadata, ExportOptions, InputKind, OutputKind};
+        let mut user_defined = std::collections::BTreeMap::new();
+        for kv in &self.meta {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--meta `{kv}` is not KEY=VALUE"))?;
+            user_defined.insert(k.to_string(), v.to_string());
+        }
+        Ok(ExportOptions {
+            precision: self.precision,
+            target: self.target,
+            input: if self.input == "array" {
+                InputKind::Array
+            } else {
+                InputKind::Image
+            },
+            output: self.output.as_deref().map(|o| match o {
+                "classifier" => OutputKind::Classifier,
+                "logits" => OutputKind::Logits,
+                _ => OutputKind::Features,
+            }),
+            io_fp16: self.io_fp16,
+            metadata: ExportMetadata {
+                author: self.author.clone(),
+                license: self.license.clone(),
+                description: self.description.clone(),
+                version: self.version.clone(),
+                user_defined,
+                ..Default::default()
+            },
+            force: self.force,
+            ..Default::default()
+        })
+    }
 }
 
 #[cfg(feature = "mlx")]
@@ -348,6 +479,59 @@ fn run(cli: Cli) -> Result<()> {
                 r.output.display(),
                 r.run.join("summary.md").display()
             );
+        }
+        #[cfg(feature = "mlx")]
+        Command::Merge {
+            base,
+            adapters,
+            out,
+            force,
+        } => {
+            let r = lib::merge::merge(&base, &adapters, &out, force).with_context(|| {
+                format!("merging {} into {}", adapters.display(), base.display())
+            })?;
+            println!(
+                "merged {} adapted layers{} -> {}; max |adapter - merged| on a probe batch of {}: {:.2e}",
+                r.layers_merged,
+                if r.replaced.is_empty() { String::new() } else { format!(" and {} trained tensors", r.replaced.len()) },
+                r.out.display(),
+                r.probe_batch,
+                r.max_abs_diff
+            );
+        }
+        Command::Export(args) => {
+            let opts = args.options()?;
+            let r = lib::coreml::export(&args.model, &args.out, &opts)
+                .with_context(|| format!("exporting {}", args.model.display()))?;
+            println!("{r}");
+        }
+        Command::Verify {
+            package,
+            model,
+            reference,
+            images,
+            probe,
+            json,
+        } => {
+            let opts = lib::verify::VerifyOptions {
+                model,
+                reference,
+                images,
+                probe,
+                seed: 0,
+            };
+            let r = lib::verify::verify(&package, &opts)
+                .with_context(|| format!("verifying {}", package.display()))?;
+            println!("{r}");
+            let json = json.unwrap_or_else(|| package.with_extension("verify.json"));
+            lib::verify::write_json(&r, &json)?;
+            println!("report: {}", json.display());
+            if !r.pass {
+                anyhow::bail!(
+                    "{} does not match its reference within the thresholds",
+                    package.display()
+                );
+            }
         }
     }
     Ok(())

@@ -104,6 +104,8 @@ fn shape_and_normalisation_match_a_hand_computation() {
     assert_eq!(at(0, 2, 1), (1.0 - 0.5) / 0.5);
     assert_eq!(at(1, 2, 1), (128.0f32 / 255.0 - 0.25) / 0.25);
     assert_eq!(at(2, 2, 1), (0.0 - 0.125) / 2.0);
+    // 128 / 255 = 0.501961; (0.501961 - 0.25) / 0.25 = 1.007843.
+    assert!((at(1, 2, 1) - 1.007843).abs() < 1e-6);
     // A black pixel elsewhere.
     assert_eq!(at(0, 0, 0), -1.0);
     assert_eq!(at(1, 3, 3), -1.0);
@@ -317,9 +319,14 @@ fn drop_last_and_option_errors() {
     assert!(Loader::new(Arc::clone(&ds), zero).is_err());
     let bad_std = LoaderOptions {
         std: [1.0, 0.0, 1.0],
-        ..o
+        ..o.clone()
     };
-    assert!(Loader::new(ds, bad_std).is_err());
+    assert!(Loader::new(Arc::clone(&ds), bad_std).is_err());
+    // A hand-built dataset with a label outside its class list.
+    let mut bad_label = (*ds).clone();
+    bad_label.samples[3].label = 3;
+    let err = Loader::new(Arc::new(bad_label), o).err().unwrap();
+    assert!(err.to_string().contains("003.png"), "{err}");
 }
 
 fn with_corrupt(dir: &Path) -> (Dataset, PathBuf) {
@@ -370,7 +377,7 @@ fn corrupt_image_skipped_and_counted() {
     let sizes: Vec<usize> = batches.iter().map(Batch::len).collect();
     assert_eq!(sizes, [3, 2, 2]);
     assert_eq!(batches[1].indices, [3, 5]);
-    assert_eq!(batches[1].skipped, [bad.clone()]);
+    assert_eq!(batches[1].skipped, std::slice::from_ref(&bad));
     assert_eq!(batches[1].pixels.len(), 2 * 3 * 8 * 8);
     let stats = loader.stats();
     assert_eq!(stats.skipped, [bad, missing]);

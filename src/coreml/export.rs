@@ -313,7 +313,10 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
     }
 }
 
-fn metadata(meta: &ExportMetadata, cfg: &ModelConfig) -> ModelMetadata {
+/// Metadata key holding the weight precision, so `verify` can pick its thresholds.
+pub const PRECISION_KEY: &str = "precision";
+
+fn metadata(meta: &ExportMetadata, cfg: &ModelConfig, precision: Precision) -> ModelMetadata {
     let mut ud = BTreeMap::new();
     let base = meta
         .base_model
@@ -330,6 +333,7 @@ fn metadata(meta: &ExportMetadata, cfg: &ModelConfig) -> ModelMetadata {
     put("adapters_hash", &meta.adapters_hash);
     put("dataset", &meta.dataset);
     put("val_accuracy", &meta.val_accuracy.map(|a| format!("{a}")));
+    ud.insert(PRECISION_KEY.into(), precision.to_string());
     ud.insert(
         "tool_version".into(),
         concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")).into(),
@@ -386,7 +390,7 @@ fn write_package(
     let model = package::model(
         r.target.spec_version(),
         &io,
-        &metadata(meta, &ck.config),
+        &metadata(meta, &ck.config, r.precision),
         built.program,
     );
     let bytes = model.encode_to_vec();

@@ -33,11 +33,14 @@ impl Dataset {
         self.samples.is_empty()
     }
 
-    /// Number of samples of each class, in label order.
+    /// Number of samples of each class, in label order (labels outside the class list,
+    /// possible only in a hand-built dataset, are not counted).
     pub fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.classes.len()];
         for s in &self.samples {
-            counts[s.label] += 1;
+            if let Some(c) = counts.get_mut(s.label) {
+                *c += 1;
+            }
         }
         counts
     }

@@ -183,6 +183,7 @@ pub struct LoaderStats {
     pub skipped: Vec<PathBuf>,
 }
 
+#[derive(Debug)]
 pub struct Loader {
     dataset: Arc<Dataset>,
     opts: LoaderOptions,
@@ -191,8 +192,8 @@ pub struct Loader {
 
 /// Stream tags for [`derive_seed`], so the permutation and the augmentation never share
 /// a random stream.
-const STREAM_ORDER: u64 = 0x6f72_6465_72; // "order"
-const STREAM_AUGMENT: u64 = 0x6175_676d; // "augm"
+const STREAM_ORDER: u64 = 1;
+const STREAM_AUGMENT: u64 = 2;
 
 /// Hashes the parts into one seed, each step a SplitMix64 output, so nearby inputs
 /// (epoch 1 vs 2, sample 7 vs 8) give unrelated streams.
@@ -205,6 +206,23 @@ fn derive_seed(parts: &[u64]) -> u64 {
 impl Loader {
     pub fn new(dataset: Arc<Dataset>, opts: LoaderOptions) -> Result<Loader, DataError> {
         opts.validate(dataset.len())?;
+        // Datasets can be built by hand (the fields are public); catch a bad label here
+        // rather than as a wrong class id deep inside training.
+        if let Some(s) = dataset
+            .samples
+            .iter()
+            .find(|s| s.label >= dataset.classes.len())
+        {
+            return Err(DataError::InvalidOptions(format!(
+                "{}: label {} but the dataset has {} classes",
+                s.path.display(),
+                s.label,
+                dataset.classes.len()
+            )));
+        }
+        if u32::try_from(dataset.classes.len()).is_err() {
+            return Err(DataError::InvalidOptions("more than 2^32 classes".into()));
+        }
         Ok(Loader {
             dataset,
             opts,

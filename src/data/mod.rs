@@ -12,7 +12,9 @@ mod dataset;
 mod error;
 mod loader;
 
-pub use augment::{random_resized_crop_box, train_transform, Augment, CropBox};
+pub use augment::{
+    random_resized_crop_box, train_transform, Augment, CropBox, CROP_RATIO, CROP_SCALE,
+};
 pub use dataset::{load_split, DataSource, Dataset, Sample, IMAGE_EXTENSIONS};
 pub use error::DataError;
 pub use loader::{BadImages, Batch, EpochIter, Loader, LoaderOptions, LoaderStats};

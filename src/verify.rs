@@ -1,0 +1,269 @@
+//! `pipeline verify`: run an exported package through our MIL interpreter and compare it
+//! with the model it came from: the live MLX forward of a checkpoint (`--model`) or saved
+//! reference outputs (`--reference`, e.g. from `pipeline embed`), on given images, the
+//! reference file's pixels, or a seeded probe batch.
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::config::ModelConfig;
+use crate::coreml::interp::Package;
+use crate::coreml::{self, verify_against, Precision, Tensor, VerifyReport};
+use crate::imaging;
+use crate::rng::Rng;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyStageError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Interp(#[from] coreml::interp::InterpError),
+    #[error(transparent)]
+    Verify(#[from] coreml::verify::VerifyError),
+    #[error(transparent)]
+    Image(#[from] imaging::ImageError),
+    #[error("{0}")]
+    Usage(String),
+    #[cfg(feature = "mlx")]
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
+    #[cfg(feature = "mlx")]
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[cfg(feature = "mlx")]
+    #[error("MLX: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Checkpoint the package was exported from: MLX computes the reference outputs.
+    pub model: Option<PathBuf>,
+    /// Safetensors with `pixel_values` and reference outputs (`last_hidden_state`,
+    /// `pooled`, `logits`).
+    pub reference: Option<PathBuf>,
+    pub images: Vec<PathBuf>,
+    /// Size of the random probe batch when neither images nor a reference are given.
+    pub probe: usize,
+    pub seed: u64,
+}
+
+/// Reference-file tensors by name.
+fn read_all(path: &Path) -> Result<Vec<(String, Tensor)>, VerifyStageError> {
+    let mmap = checkpoint::map_file(path)?;
+    let st = checkpoint::parse_safetensors(path, &mmap)?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        if checkpoint::is_float(view.dtype()) {
+            let t = Tensor::new(
+                view.shape().to_vec(),
+                checkpoint::widen(view.dtype(), view.data()),
+            )
+            .ok_or_else(|| {
+                VerifyStageError::Usage(format!("{}: `{name}`: bad shape", path.display()))
+            })?;
+            out.push((name, t));
+        }
+    }
+    Ok(out)
+}
+
+/// Inputs as both raw 0..255 planes (image-input packages) and normalised pixels.
+struct Inputs {
+    raw: Option<Tensor>,
+    normalised: Tensor,
+}
+
+fn from_normalised(x: Tensor, cfg: Option<&ModelConfig>) -> Inputs {
+    let raw = cfg.map(|c| {
+        let plane = x.shape[2] * x.shape[3];
+        let data = x
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let ch = (i / plane) % 3;
+                (v * c.preprocess.std[ch] + c.preprocess.mean[ch]) * 255.0
+            })
+            .collect();
+        Tensor::new(x.shape.clone(), data).expect("same shape")
+    });
+    Inputs { raw, normalised: x }
+}
+
+fn from_raw(raw: Vec<f32>, shape: Vec<usize>, cfg: &ModelConfig) -> Inputs {
+    let plane = shape[2] * shape[3];
+    let norm = raw
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let ch = (i / plane) % 3;
+            (v / 255.0 - cfg.preprocess.mean[ch]) / cfg.preprocess.std[ch]
+        })
+        .collect();
+    Inputs {
+        raw: Some(Tensor::new(shape.clone(), raw).expect("shape")),
+        normalised: Tensor::new(shape, norm).expect("shape"),
+    }
+}
+
+pub fn package_precision(pkg: &Package) -> Precision {
+    let meta = pkg
+        .model
+        .description
+        .as_ref()
+        .and_then(|d| d.metadata.as_ref());
+    match meta
+        .and_then(|m| m.user_defined.get(coreml::export::PRECISION_KEY))
+        .map(String::as_str)
+    {
+        Some("fp32") => Precision::Fp32,
+        _ => Precision::Fp16,
+    }
+}
+
+pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyStageError> {
+    let pkg = Package::open(pkg_path)?;
+    let precision = package_precision(&pkg);
+    let package_inputs = pkg.inputs()?;
+    let (input_name, input_ty) = package_inputs
+        .first()
+        .cloned()
+        .ok_or_else(|| VerifyStageError::Usage("the package has no input".into()))?;
+    let image_input = input_name == "image";
+    let shape = input_ty.shape.clone();
+    let size = *shape.last().unwrap_or(&0);
+
+    let cfg = match &opts.model {
+        Some(dir) => Some(checkpoint::read_config(dir)?),
+        None => None,
+    };
+    let reference = opts.reference.as_deref().map(read_all).transpose()?;
+    let need_cfg = |what: &str| {
+        VerifyStageError::Usage(format!(
+            "{what} needs --model (for the checkpoint's preprocessing)"
+        ))
+    };
+
+    let inputs = if !opts.images.is_empty() {
+        let c = cfg.as_ref().ok_or_else(|| need_cfg("--images"))?;
+        let mut raw = Vec::new();
+        for p in &opts.images {
+            let img =
+                imaging::eval_transform(&imaging::load_rgb(p)?, c.preprocess.resize_shorter, size);
+            let n = (size * size) as usize;
+            let start = raw.len();
+            raw.resize(start + 3 * n, 0.0);
+            for (i, px) in img.pixels().enumerate() {
+                for ch in 0..3 {
+                    raw[start + ch * n + i] = f32::from(px[ch]);
+                }
+            }
+        }
+        from_raw(raw, vec![opts.images.len(), 3, size, size], c)
+    } else if let Some(r) = &reference {
+        let x = r
+            .iter()
+            .find(|(n, _)| n == "pixel_values")
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| {
+                VerifyStageError::Usage("the reference file has no `pixel_values`".into())
+            })?;
+        if image_input && cfg.is_none() {
+            return Err(need_cfg("an image-input package with --reference"));
+        }
+        from_normalised(x, cfg.as_ref())
+    } else {
+        let c = cfg.as_ref().ok_or_else(|| {
+            VerifyStageError::Usage("give --model (compare with MLX) or --reference FILE".into())
+        })?;
+        let n = opts.probe.max(1);
+        let mut rng = Rng::new(opts.seed);
+        let raw: Vec<f32> = (0..n * 3 * size * size)
+            .map(|_| (rng.uniform() * 255.0).round() as f32)
+            .collect();
+        from_raw(raw, vec![n, 3, size, size], c)
+    };
+
+    let outputs: Vec<(String, Tensor)> = match (&reference, &opts.model) {
+        (Some(r), _) => r
+            .iter()
+            .filter(|(n, _)| n != "pixel_values" && !n.ends_with("_interp"))
+            .cloned()
+            .collect(),
+        (None, Some(model)) => mlx_reference(model, &inputs.normalised)?,
+        (None, None) => unreachable!("checked above"),
+    };
+    let names = pkg.output_names()?;
+    let has = |n: &str| names.iter().any(|o| o == n);
+    let outputs: Vec<(String, Tensor)> = outputs
+        .into_iter()
+        .filter(|(n, _)| match n.as_str() {
+            "logits" => has("logits") || has("classLabel_probs"),
+            "pooled" => has("embedding"),
+            "last_hidden_state" => has("tokens"),
+            _ => false,
+        })
+        .collect();
+    if outputs.is_empty() {
+        return Err(VerifyStageError::Usage(format!(
+            "no reference output matches the package's outputs {names:?}"
+        )));
+    }
+    let x = if image_input {
+        inputs
+            .raw
+            .ok_or_else(|| need_cfg("an image-input package"))?
+    } else {
+        inputs.normalised
+    };
+    Ok(verify_against(
+        pkg_path,
+        &[(input_name, x)],
+        &outputs,
+        precision,
+    )?)
+}
+
+#[cfg(feature = "mlx")]
+fn mlx_reference(model: &Path, x: &Tensor) -> Result<Vec<(String, Tensor)>, VerifyStageError> {
+    let ck = checkpoint::Checkpoint::load(model)?;
+    let vit = crate::model::from_checkpoint(&ck)?;
+    let shape: Vec<i32> = x.shape.iter().map(|d| *d as i32).collect();
+    let out = vit.forward(&mlx_rs::Array::from_slice(&x.data, &shape))?;
+    let t = |a: &mlx_rs::Array| -> Result<Tensor, VerifyStageError> {
+        let data = crate::model::to_host(a)?;
+        Ok(Tensor::new(a.shape().iter().map(|d| *d as usize).collect(), data).expect("shape"))
+    };
+    let mut v = vec![
+        ("last_hidden_state".to_string(), t(&out.tokens)?),
+        ("pooled".to_string(), t(&out.pooled)?),
+    ];
+    if let Some(l) = &out.logits {
+        v.push(("logits".to_string(), t(l)?));
+    }
+    Ok(v)
+}
+
+#[cfg(not(feature = "mlx"))]
+fn mlx_reference(_model: &Path, _x: &Tensor) -> Result<Vec<(String, Tensor)>, VerifyStageError> {
+    Err(VerifyStageError::Usage(
+        "this build has no MLX (built without the `mlx` feature): pass --reference FILE with saved outputs".into(),
+    ))
+}
+
+/// Writes the report as JSON next to wherever the caller wants it.
+pub fn write_json(report: &VerifyReport, path: &Path) -> Result<(), VerifyStageError> {
+    let text = serde_json::to_string_pretty(report).expect("json");
+    crate::fsutil::write_file_atomically(path, text.as_bytes()).map_err(|source| {
+        VerifyStageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
