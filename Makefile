@@ -19,12 +19,14 @@ demo: setup
 		--pixels tests/fixtures/hf-vit-classifier/reference.safetensors --out $(DEMO_DIR)/embeddings.safetensors
 	@echo "demo outputs in $(DEMO_DIR)/"
 
-# Every test: formatting, lints, the Rust tests with and without MLX.
+# Every test: formatting, lints, the Rust tests with and without MLX. coremltools must
+# accept every package the tests export (COREML_CHECK_REQUIRED).
 test: setup
+	@bash scripts/setup-python.sh
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
-	$(CARGO) test --quiet
-	$(CARGO) test --quiet --no-default-features --lib --tests
+	COREML_CHECK_REQUIRED=1 $(CARGO) test --quiet
+	$(CARGO) test --quiet --no-default-features --lib --test convert_errors --test coreml_export
 
 bench-convert: setup
 	$(CARGO) run --release --quiet --example bench_convert

@@ -65,7 +65,7 @@ pub enum ExportError {
     Unsupported(String),
     #[error("{path}: {msg}")]
     InvalidOutput { path: PathBuf, msg: String },
-    #[error("{path}: already exists (pass force to replace it)")]
+    #[error("{path}: already exists (pass --force to replace it)")]
     Exists { path: PathBuf },
     #[error("building the program: {0}")]
     Emit(#[from] EmitError),

@@ -1,0 +1,231 @@
+//! Adapters -> merge -> export -> verify, through the library and the CLI.
+#![cfg(feature = "mlx")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use mlx_coreml_pipeline::checkpoint::Checkpoint;
+use mlx_coreml_pipeline::model;
+use mlx_coreml_pipeline::rng::Rng;
+use mlx_coreml_pipeline::train::{self, adapters};
+use mlx_rs::Array;
+
+fn pipeline() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pipeline"))
+}
+
+/// A base and adapters as training leaves them: LoRA on every linear layer with
+/// non-zero B, a new 4-class head and trained norms.
+fn base_and_adapters(dir: &Path, fixture_name: &str) -> (PathBuf, PathBuf) {
+    let (_t, conv) = converted(fixture_name);
+    let base = dir.join("base");
+    std::fs::rename(&conv, &base).unwrap();
+    let ck = Checkpoint::load(&base).unwrap();
+    let mut vit = model::from_checkpoint(&ck).unwrap();
+    let cfg = train::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: "all".into(),
+    };
+    let layers = train::lora::attach(&mut vit, &cfg, 1).unwrap();
+    let mut rng = Rng::new(11);
+    for (_, l) in vit.block_linears_mut() {
+        let b = l.lora_b.value.clone().unwrap();
+        let v: Vec<f32> = (0..b.size()).map(|_| rng.normal() * 0.05).collect();
+        l.lora_b.value = Some(Array::from_slice(&v, b.shape()));
+    }
+    let d = ck.config.hidden_size;
+    let w: Vec<f32> = (0..4 * d).map(|_| rng.normal() * 0.2).collect();
+    vit.head.weight.value = Some(Array::from_slice(&w, &[4, d as i32]));
+    vit.head.bias.value = Some(Array::from_slice(&[0.1f32, 0.0, -0.1, 0.2], &[4]));
+    let nw: Vec<f32> = (0..d).map(|_| 1.0 + rng.normal() * 0.05).collect();
+    vit.norm.weight.value = Array::from_slice(&nw, &[d as i32]);
+    let acfg = adapters::AdapterConfig {
+        format: adapters::FORMAT.into(),
+        lora: cfg,
+        layers,
+        base_model_hash: ck.content_hash(),
+        base_model_source: ck.config.provenance.source.clone(),
+        classes: ["w", "x", "y", "z"].iter().map(|s| s.to_string()).collect(),
+        mean: ck.config.preprocess.mean,
+        std: ck.config.preprocess.std,
+        replaced: vec![
+            "head.weight".into(),
+            "head.bias".into(),
+            "norm.weight".into(),
+        ],
+    };
+    let ad = dir.join("adapters");
+    adapters::save(&ad, &vit, &acfg, &ck.config).unwrap();
+    (base, ad)
+}
+
+#[test]
+fn merge_matches_the_adapter_forward() {
+    for name in ["timm-vit-reg-swiglu", "hf-vit-backbone"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (base, ad) = base_and_adapters(tmp.path(), name);
+        let out = tmp.path().join("merged");
+        let r = mlx_coreml_pipeline::merge::merge(&base, &ad, &out, false).unwrap();
+        assert!(r.max_abs_diff < 1e-5, "{name}: {}", r.max_abs_diff);
+        assert_eq!(r.replaced.len(), 3);
+
+        // Independently: base + adapters (unmerged) vs the merged checkpoint on the
+        // fixture's reference pixels.
+        let ck = Checkpoint::load(&base).unwrap();
+        let mut with = model::from_checkpoint(&ck).unwrap();
+        adapters::apply(&ad, &mut with, &ck.content_hash()).unwrap();
+        let merged = model::from_checkpoint(&Checkpoint::load(&out).unwrap()).unwrap();
+        assert_eq!(merged.config.class_names.as_ref().unwrap().len(), 4);
+        let px = &reference(name)["pixel_values"];
+        let shape: Vec<i32> = px.shape.iter().map(|d| *d as i32).collect();
+        let x = Array::from_slice(&px.data, &shape);
+        let a = model::to_host(&with.forward(&x).unwrap().logits.unwrap()).unwrap();
+        let b = model::to_host(&merged.forward(&x).unwrap().logits.unwrap()).unwrap();
+        let d = max_abs_diff(&a, &b);
+        assert!(d < 1e-5, "{name}: merged logits differ by {d}");
+        // The PEFT layout was written for this timm / transformers base.
+        assert!(ad.join("peft/adapter_model.safetensors").exists());
+    }
+}
+
+#[test]
+fn peft_keys_follow_the_source_library() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, ad) = base_and_adapters(tmp.path(), "hf-vit-classifier");
+    let keys: Vec<String> = read_tensors(&ad.join("peft/adapter_model.safetensors"))
+        .into_keys()
+        .collect();
+    assert!(
+        keys.contains(
+            &"base_model.model.vit.encoder.layer.0.attention.attention.query.lora_A.weight"
+                .to_string()
+        ),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(
+            &"base_model.model.vit.encoder.layer.1.output.dense.lora_B.weight".to_string()
+        ),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"base_model.model.classifier.weight".to_string()),
+        "{keys:?}"
+    );
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ad.join("peft/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+}
+
+#[test]
+fn merge_refuses_adapters_of_another_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, ad) = base_and_adapters(tmp.path(), "hf-dinov2");
+    let (_t, other) = converted("hf-dinov2-registers");
+    let out = tmp.path().join("merged");
+    let o = pipeline()
+        .args(["merge", "--base"])
+        .arg(&other)
+        .arg("--adapters")
+        .arg(&ad)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("trained on base model") && err.contains("adapter_config.json"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn cli_export_then_verify_against_mlx_and_catch_a_wrong_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, ad) = base_and_adapters(tmp.path(), "timm-vit-classifier");
+    let merged = tmp.path().join("merged");
+    let o = pipeline()
+        .args(["merge", "--base"])
+        .arg(&base)
+        .arg("--adapters")
+        .arg(&ad)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (precision, input) in [("fp16", "image"), ("fp32", "array")] {
+        let pkg = tmp.path().join(format!("m-{precision}.mlpackage"));
+        let o = pipeline()
+            .arg("export")
+            .arg(&merged)
+            .arg("--out")
+            .arg(&pkg)
+            .args([
+                "--precision",
+                precision,
+                "--input",
+                input,
+                "--author",
+                "tests",
+                "--meta",
+                "dataset=none",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = pipeline()
+            .arg("verify")
+            .arg(&pkg)
+            .arg("--model")
+            .arg(&merged)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(text.contains("PASS"), "{text}");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(pkg.with_extension("verify.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["pass"], true);
+        // Against the base (other head, no adapters) the same package must fail.
+        let o = pipeline()
+            .arg("verify")
+            .arg(&pkg)
+            .arg("--model")
+            .arg(&base)
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "verify accepted a package against the wrong model"
+        );
+    }
+    // An existing package is only replaced with --force.
+    let pkg = tmp.path().join("m-fp16.mlpackage");
+    let o = pipeline()
+        .arg("export")
+        .arg(&merged)
+        .arg("--out")
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+    assert!(pkg.join("Manifest.json").exists());
+}
