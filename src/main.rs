@@ -291,6 +291,9 @@ struct TrainArgs {
     /// Clip gradients to this global norm (0 = off).
     #[arg(long, default_value_t = 1.0)]
     clip_norm: f32,
+    /// Recompute block activations in the backward pass: much less memory, some more time.
+    #[arg(long)]
+    grad_checkpoint: bool,
     /// Evaluate every N steps (0 = every epoch).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
@@ -349,7 +352,7 @@ impl TrainArgs {
             warmup_steps: self.warmup_steps,
             schedule: self.schedule,
             clip_norm: self.clip_norm,
-            grad_checkpoint: false,
+            grad_checkpoint: self.grad_checkpoint,
             eval_every: self.eval_every,
             save_every: self.save_every,
             best_metric: if self.best_metric == "val_loss" {

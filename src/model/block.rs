@@ -44,6 +44,38 @@ fn scaled(x: Array, gamma: &Option<Array>) -> Result<Array, Exception> {
 }
 
 impl Block {
+    /// The same function as [`Block::forward`], run as a checkpointed MLX closure so its
+    /// activations are recomputed in the backward pass. The block's trainable parameters
+    /// are inputs of the closure, so their gradients are kept.
+    pub fn forward_checkpointed(&self, x: &Array) -> Result<Array, Exception> {
+        use mlx_rs::module::ModuleParameters;
+        let mut trainable: Vec<(std::rc::Rc<str>, Array)> = self
+            .trainable_parameters()
+            .flatten()
+            .into_iter()
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        trainable.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<std::rc::Rc<str>> = trainable.iter().map(|(k, _)| k.clone()).collect();
+        let template = self.clone();
+        let f = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
+            let mut b = template.clone();
+            {
+                let mut params = b.parameters_mut().flatten();
+                for (name, value) in names.iter().zip(&args[1..]) {
+                    if let Some(slot) = params.get_mut(name) {
+                        **slot = value.clone();
+                    }
+                }
+            }
+            Ok(vec![b.forward(&args[0])?])
+        };
+        let mut inputs = vec![x.clone()];
+        inputs.extend(trainable.into_iter().map(|(_, v)| v));
+        let mut out = super::remat::checkpointed(f, &inputs)?;
+        Ok(out.remove(0))
+    }
+
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
         let a = self.attn.forward(&self.norm1.forward(x, self.eps)?)?;
         let x = x.add(&scaled(a, &self.ls1.value)?)?;

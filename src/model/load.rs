@@ -64,5 +64,6 @@ pub fn from_checkpoint(ck: &Checkpoint) -> Result<Vit, ModelError> {
         norm: norm("norm"),
         head: linear("head"),
         config: c.clone(),
+        grad_checkpoint: false,
     })
 }

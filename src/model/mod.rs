@@ -8,6 +8,7 @@ mod embed;
 mod linear;
 mod load;
 mod mlp;
+mod remat;
 mod vit;
 
 pub use attention::Attention;

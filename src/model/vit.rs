@@ -23,6 +23,8 @@ pub struct Vit {
     #[param]
     pub head: Linear,
     pub config: ModelConfig,
+    /// Recompute block activations in the backward pass (less memory, more compute).
+    pub grad_checkpoint: bool,
 }
 
 /// Everything a forward pass produces.
@@ -53,7 +55,11 @@ impl Vit {
     pub fn forward(&self, pixels: &Array) -> Result<VitOutput, Exception> {
         let mut x = self.embeddings().forward(pixels)?;
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            x = if self.grad_checkpoint {
+                block.forward_checkpointed(&x)?
+            } else {
+                block.forward(&x)?
+            };
         }
         let tokens = self.norm.forward(&x, self.config.norm_eps)?;
         let pooled = match self.config.pooling {

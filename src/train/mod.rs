@@ -6,6 +6,7 @@
 
 pub mod adapters;
 pub mod lora;
+pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

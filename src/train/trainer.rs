@@ -12,6 +12,7 @@ use mlx_rs::{array, error::Exception, Array};
 use serde::Serialize;
 
 use super::adapters::{self, AdapterConfig};
+use super::loss::cross_entropy;
 use super::metrics::{EvalMetrics, Evaluator};
 use super::optim::{self, AdamW};
 use super::state::{self, Counters};
@@ -58,14 +59,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Mean softmax cross-entropy of `[B, K]` logits against integer labels.
-pub fn cross_entropy(logits: &Array, labels: &Array) -> Result<Array, Exception> {
-    let lse = logits.logsumexp_axis(-1, None)?;
-    let idx = labels.reshape(&[-1, 1])?;
-    let picked = logits.take_along_axis(&idx, -1)?.squeeze_axes(&[-1])?;
-    lse.subtract(&picked)?.mean(None)
 }
 
 /// Marks what trains: LoRA matrices, a new head and (optionally) norms; or everything.
@@ -119,9 +112,6 @@ fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     }
     if cfg.weight_decay < 0.0 || cfg.clip_norm < 0.0 {
         return bad("weight_decay and clip_norm must not be negative");
-    }
-    if cfg.grad_checkpoint {
-        return bad("grad_checkpoint is not available in this build yet");
     }
     Ok(())
 }
@@ -229,6 +219,7 @@ pub fn train(
         Mode::Full => Vec::new(),
     };
     set_trainable(&mut vit, &cfg, new_head);
+    vit.grad_checkpoint = cfg.grad_checkpoint;
 
     let mut counters = Counters::default();
     let mut opt = AdamW::new(cfg.weight_decay);
