@@ -156,7 +156,7 @@ pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
         for p in &opts.images {
             let img =
                 imaging::eval_transform(&imaging::load_rgb(p)?, c.preprocess.resize_shorter, size);
-            let n = (size * size) as usize;
+            let n = size * size;
             let start = raw.len();
             raw.resize(start + 3 * n, 0.0);
             for (i, px) in img.pixels().enumerate() {
