@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod optim;
 pub mod plot;
 mod state;
+pub mod step;
 mod trainer;
 
 use std::path::PathBuf;

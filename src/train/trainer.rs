@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mlx_rs::module::{ModuleParameters, Parameter};
-use mlx_rs::{array, error::Exception, Array};
+use mlx_rs::{error::Exception, Array};
 use serde::Serialize;
 
 use super::adapters::{self, AdapterConfig};
-use super::loss::cross_entropy;
 use super::metrics::{EvalMetrics, Evaluator};
 use super::optim::{self, AdamW};
 use super::state::{self, Counters};
+use super::step::{self, trainable};
 use super::{lora, plot, BestMetric, Mode, TrainConfig, TrainError};
 use crate::checkpoint::{self, Checkpoint, TensorOut};
 use crate::data::{self, Augment, DataSource, Loader, LoaderOptions};
@@ -89,14 +89,6 @@ fn set_trainable(vit: &mut Vit, cfg: &TrainConfig, new_head: bool) {
         vit.head.weight.unfreeze(false);
         vit.head.bias.unfreeze(false);
     }
-}
-
-fn trainable(vit: &Vit) -> BTreeMap<String, Array> {
-    vit.trainable_parameters()
-        .flatten()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
 }
 
 fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
@@ -338,14 +330,7 @@ pub fn train(
         total_steps
     ));
 
-    let loss_fn = |m: &mut Vit, (x, y): (Array, Array)| -> Result<Array, Exception> {
-        let out = m.forward(&x)?;
-        let logits = out
-            .logits
-            .ok_or_else(|| Exception::custom("model has no head"))?;
-        cross_entropy(&logits, &y)
-    };
-    let mut value_and_grad = mlx_rs::nn::value_and_grad(loss_fn);
+    let mut value_and_grad = mlx_rs::nn::value_and_grad(step::loss);
 
     let mut last_loss = None;
     let mut final_eval = None;
@@ -369,15 +354,16 @@ pub fn train(
             vit.set_dropout_seed(Some(
                 cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64),
             ));
-            let mut grads: BTreeMap<String, Array> = BTreeMap::new();
-            let mut loss_sum = array!(0.0f32);
+            let mut micro = Vec::with_capacity(cfg.grad_accum);
             let mut step_images = 0;
             for _ in 0..cfg.grad_accum {
                 let batch = match batches.next() {
                     Some(b) => b?,
                     None => break,
                 };
-                batch_in_epoch += 1;
+                // The loader's own index: a batch whose images were all skipped is not
+                // yielded but still uses up its index.
+                batch_in_epoch = batch.index + 1;
                 counters.skipped_images += batch.skipped.len();
                 if batch.is_empty() {
                     continue;
@@ -385,41 +371,23 @@ pub fn train(
                 let [b, c, h, w] = batch.shape();
                 let x = Array::from_slice(&batch.pixels, &[b as i32, c as i32, h as i32, w as i32]);
                 let labels: Vec<i32> = batch.labels.iter().map(|l| *l as i32).collect();
-                let y = Array::from_slice(&labels, &[b as i32]);
-                let (loss, g) = value_and_grad(&mut vit, (x, y))?;
-                loss_sum = loss_sum.add(&loss)?;
-                for (k, v) in g {
-                    let k = k.to_string();
-                    let v = match grads.remove(&k) {
-                        Some(acc) => acc.add(&v)?,
-                        None => v,
-                    };
-                    grads.insert(k, v);
-                }
+                micro.push((x, Array::from_slice(&labels, &[b as i32])));
                 step_images += b;
             }
-            let scale = 1.0 / cfg.grad_accum as f32;
-            let loss = loss_sum.multiply(array!(scale))?;
-            let grads: BTreeMap<String, Array> = grads
-                .into_iter()
-                .map(|(k, g)| Ok((k, g.multiply(array!(scale))?)))
-                .collect::<Result<_, Exception>>()?;
-            let norm = optim::global_norm(&grads)?;
-            let grads = if cfg.clip_norm > 0.0 {
-                optim::clip(grads, &norm, cfg.clip_norm)?
-            } else {
-                grads
-            };
+            if micro.is_empty() {
+                break;
+            }
             let lr = optim::lr_at(cfg.lr, cfg.schedule, cfg.warmup_steps, total_steps, step);
-            let params = trainable(&vit);
-            let updated = opt.update(&params, &grads, lr)?;
-            // One evaluation per step: loss, norm, new parameters and optimizer state.
-            let mut outputs: Vec<&Array> = vec![&loss, &norm];
-            outputs.extend(updated.values());
-            outputs.extend(opt.state_arrays());
-            mlx_rs::transforms::eval(outputs)?;
-            let loss_v = loss.item_exact::<f32>();
-            let norm_v = norm.item_exact::<f32>();
+            let out = step::compute(
+                &mut vit,
+                &mut value_and_grad,
+                &mut opt,
+                micro,
+                cfg.grad_accum,
+                cfg.clip_norm,
+                lr,
+            )?;
+            let (loss_v, norm_v, updated) = (out.loss, out.grad_norm, out.updated);
             for (what, value) in [("loss", loss_v), ("gradient norm", norm_v)] {
                 if !value.is_finite() {
                     log.finish();
@@ -432,11 +400,7 @@ pub fn train(
                     });
                 }
             }
-            let flat: Vec<(Rc<str>, Array)> = updated
-                .into_iter()
-                .map(|(k, v)| (Rc::from(k.as_str()), v))
-                .collect();
-            mlx_rs::module::update_parameters(&mut vit, flat);
+            step::apply(&mut vit, updated);
             counters.step += 1;
             counters.batch = batch_in_epoch;
             let dt = t0.elapsed().as_secs_f64();
