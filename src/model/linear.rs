@@ -62,18 +62,20 @@ impl Linear {
             .value
             .as_ref()
             .ok_or_else(|| Exception::custom("linear layer has no weight"))?;
-        let mut y = ops::matmul(x, w.t())?;
-        if let Some(b) = self.bias.value.as_ref() {
-            y = y.add(b)?;
-        }
+        // addmm folds the bias (and below, the adapter) into the matmul's output pass
+        // instead of separate elementwise passes over [B, T, out].
+        let mut y = match self.bias.value.as_ref() {
+            Some(b) => ops::addmm(b, x, w.t(), None, None)?,
+            None => ops::matmul(x, w.t())?,
+        };
         if let (Some(a), Some(b)) = (self.lora_a.value.as_ref(), self.lora_b.value.as_ref()) {
             let x = if let Some(seed) = self.dropout_seed.filter(|_| self.lora_dropout > 0.0) {
                 dropout(x, self.lora_dropout, seed)?
             } else {
                 x.clone()
             };
-            let low = ops::matmul(ops::matmul(&x, a.t())?, b.t())?;
-            y = y.add(low.multiply(mlx_rs::array!(self.lora_scale))?)?;
+            let low = ops::matmul(&x, a.t())?;
+            y = ops::addmm(&y, &low, b.t(), self.lora_scale, None)?;
         }
         Ok(y)
     }

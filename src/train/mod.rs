@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::BadImages;
 pub use lora::LoraConfig;
 pub use optim::Schedule;
-pub use trainer::{train, TrainReport};
+pub use trainer::{set_trainable, train, TrainReport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -62,7 +62,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 }
 
 /// Marks what trains: LoRA matrices, a new head and (optionally) norms; or everything.
-fn set_trainable(vit: &mut Vit, cfg: &TrainConfig, new_head: bool) {
+pub fn set_trainable(vit: &mut Vit, cfg: &TrainConfig, new_head: bool) {
     match cfg.mode {
         Mode::Full => vit.unfreeze_parameters(true),
         Mode::Lora => {

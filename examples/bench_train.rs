@@ -1,0 +1,234 @@
+//! Training-step benchmark: our step (the trainer's own `train::step::compute`) against a
+//! minimal Python MLX loop on the same shapes and random inputs.
+//!
+//! `bash scripts/setup-bench.sh` once (Python MLX 0.32.2 in .mlx/bench-venv, OpenBLAS),
+//! then `cargo run --release --example bench_train [-- --quick]`.
+//!
+//! Each configuration runs in a child process so its peak RSS is its own.
+
+use std::process::Command;
+use std::time::Instant;
+
+use mlx_coreml_pipeline::checkpoint::Checkpoint;
+use mlx_coreml_pipeline::convert::preset;
+use mlx_coreml_pipeline::model;
+use mlx_coreml_pipeline::rng::Rng;
+use mlx_coreml_pipeline::train::{self, optim::AdamW, step, LoraConfig};
+use mlx_rs::Array;
+
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+struct Case {
+    preset: &'static str,
+    batch: usize,
+    mode: &'static str,
+    checkpoint: bool,
+}
+
+/// Runs one configuration in this process and prints `ms img/s rss`.
+fn child(preset_name: &str, batch: usize, mode: &str, checkpoint: bool, steps: usize) {
+    let dir =
+        std::env::temp_dir().join(format!("bench-train-{preset_name}-{}", std::process::id()));
+    preset::write_random(preset_name, 0, &dir, true).expect("preset");
+    let ck = Checkpoint::load(&dir).expect("load");
+    let mut vit = model::from_checkpoint(&ck).expect("model");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = ck.config.hidden_size;
+    let classes = 10;
+    let mut rng = Rng::new(1);
+    let w: Vec<f32> = (0..classes * d).map(|_| rng.normal() * 0.02).collect();
+    vit.head.weight.value = Some(Array::from_slice(&w, &[classes as i32, d as i32]));
+    vit.head.bias.value = Some(Array::from_slice(&vec![0f32; classes], &[classes as i32]));
+    let cfg = train::TrainConfig {
+        mode: if mode == "full" {
+            train::Mode::Full
+        } else {
+            train::Mode::Lora
+        },
+        ..Default::default()
+    };
+    if cfg.mode == train::Mode::Lora {
+        train::lora::attach(&mut vit, &LoraConfig::default(), 0).expect("lora");
+    }
+    train::set_trainable(&mut vit, &cfg, true);
+    vit.grad_checkpoint = checkpoint;
+    let s = ck.config.image_size;
+    let x: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.normal()).collect();
+    let x = Array::from_slice(&x, &[batch as i32, 3, s as i32, s as i32]);
+    let labels: Vec<i32> = (0..batch).map(|i| (i % classes) as i32).collect();
+    let y = Array::from_slice(&labels, &[batch as i32]);
+    let mut vg = mlx_rs::nn::value_and_grad(step::loss);
+    let mut opt = AdamW::new(0.01);
+    let warmup = 2;
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let out = step::compute(
+            &mut vit,
+            &mut vg,
+            &mut opt,
+            vec![(x.clone(), y.clone())],
+            1,
+            1.0,
+            1e-3,
+        )
+        .expect("step");
+        step::apply(&mut vit, out.updated);
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let ms = 1000.0 * times.iter().sum::<f64>() / times.len() as f64;
+    println!("{ms} {} {}", batch as f64 * 1000.0 / ms, peak_rss());
+}
+
+fn run_child(args: &[String]) -> Option<Vec<f64>> {
+    let exe = std::env::current_exe().ok()?;
+    let o = Command::new(exe).arg("--child").args(args).output().ok()?;
+    if !o.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect(),
+    )
+}
+
+fn python_mlx(c: &Case, steps: usize) -> Option<Vec<f64>> {
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".mlx/bench-venv/bin/python");
+    if !py.exists() {
+        return None;
+    }
+    let p = preset::find(c.preset)?;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_train_mlx.py");
+    let o = Command::new(py)
+        .arg(script)
+        .args([
+            "--hidden",
+            &p.hidden.to_string(),
+            "--depth",
+            &p.layers.to_string(),
+            "--heads",
+            &p.heads.to_string(),
+        ])
+        .args([
+            "--batch",
+            &c.batch.to_string(),
+            "--size",
+            &p.image.to_string(),
+            "--patch",
+            &p.patch.to_string(),
+        ])
+        .args(["--mode", c.mode, "--steps", &steps.to_string()])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    Some(vec![
+        v["ms_per_step"].as_f64()?,
+        v["images_per_second"].as_f64()?,
+        v["peak_rss_bytes"].as_f64()?,
+    ])
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        let steps = args[6].parse().expect("steps");
+        child(
+            &args[2],
+            args[3].parse().expect("batch"),
+            &args[4],
+            args[5] == "1",
+            steps,
+        );
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let steps = if quick { 2 } else { 5 };
+    let mut cases = vec![
+        Case {
+            preset: "vit-ti16",
+            batch: 8,
+            mode: "lora",
+            checkpoint: false,
+        },
+        Case {
+            preset: "vit-ti16",
+            batch: 8,
+            mode: "lora",
+            checkpoint: true,
+        },
+    ];
+    if !quick {
+        cases.extend([
+            Case {
+                preset: "vit-b16",
+                batch: 8,
+                mode: "lora",
+                checkpoint: false,
+            },
+            Case {
+                preset: "vit-b16",
+                batch: 8,
+                mode: "lora",
+                checkpoint: true,
+            },
+        ]);
+    }
+    println!("| model | batch | mode | grad ckpt | ours ms/step | ours img/s | ours peak RSS | Python MLX ms/step | Python MLX peak RSS | speed ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for c in &cases {
+        let a: Vec<String> = vec![
+            c.preset.into(),
+            c.batch.to_string(),
+            c.mode.into(),
+            (c.checkpoint as u8).to_string(),
+            steps.to_string(),
+        ];
+        let Some(ours) = run_child(&a) else {
+            println!(
+                "| {} | {} | {} | {} | failed |",
+                c.preset, c.batch, c.mode, c.checkpoint
+            );
+            continue;
+        };
+        let py = if c.checkpoint {
+            None
+        } else {
+            python_mlx(c, steps)
+        };
+        let (py_ms, py_rss, ratio) = match &py {
+            Some(p) => (
+                format!("{:.0}", p[0]),
+                format!("{:.2} GB", p[2] / 1e9),
+                format!("{:.2}x", p[0] / ours[0]),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} GB | {} | {} | {} |",
+            c.preset,
+            c.batch,
+            c.mode,
+            c.checkpoint,
+            ours[0],
+            ours[1],
+            ours[2] / 1e9,
+            py_ms,
+            py_rss,
+            ratio
+        );
+    }
+}
