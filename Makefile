@@ -2,22 +2,17 @@
 # `make setup` prepares MLX (idempotent); every target that builds runs it first.
 
 CARGO ?= cargo
-DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test lint coreml-check bench-convert
+.PHONY: setup demo test bench-convert bench-export bench-train
 
 setup:
 	@bash scripts/setup.sh
 
-# Main job on an embedded default: convert a committed transformers checkpoint, inspect
-# it, and run it with MLX on its reference inputs.
+# Main job on an embedded default: the quickstart (a small ViT trained with LoRA on 300
+# committed digit images, merged, exported to Core ML, verified), offline.
 demo: setup
 	$(CARGO) build --release --quiet
-	./target/release/pipeline convert tests/fixtures/hf-vit-classifier --out $(DEMO_DIR)/model --force
-	./target/release/pipeline inspect $(DEMO_DIR)/model
-	./target/release/pipeline embed --model $(DEMO_DIR)/model \
-		--pixels tests/fixtures/hf-vit-classifier/reference.safetensors --out $(DEMO_DIR)/embeddings.safetensors
-	@echo "demo outputs in $(DEMO_DIR)/"
+	./target/release/pipeline run examples/quickstart.toml
 
 # Every test: formatting, lints, the Rust tests with and without MLX. coremltools must
 # accept every package the tests export (COREML_CHECK_REQUIRED).
@@ -30,3 +25,10 @@ test: setup
 
 bench-convert: setup
 	$(CARGO) run --release --quiet --example bench_convert
+
+bench-export: setup
+	$(CARGO) run --release --quiet --no-default-features --example bench_export
+
+bench-train: setup
+	@bash scripts/setup-bench.sh >/dev/null
+	$(CARGO) run --release --quiet --example bench_train

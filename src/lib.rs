@@ -1,6 +1,7 @@
 //! mlx-coreml-pipeline: Vision Transformers from pretrained weights to benchmarked Core ML
 //! models. One module per stage; [`checkpoint::Checkpoint`] is what passes between them.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
@@ -18,6 +19,8 @@ pub mod model;
 pub mod posembed;
 pub mod progress;
 pub mod rng;
+#[cfg(feature = "mlx")]
+pub mod run;
 #[cfg(feature = "mlx")]
 pub mod train;
 pub mod verify;

@@ -122,6 +122,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run every stage from a TOML config: convert, train, merge, export, verify, bench.
+    #[cfg(feature = "mlx")]
+    #[command(
+        long_about = "Run every stage into one run folder: the converted model, \
+        training run (adapters, curves, metrics), merged model, model.mlpackage, \
+        verify.json and summary.md/json. A stage whose inputs did not change (settings and \
+        content hashes of what it reads) is not redone; an interrupted training resumes. \
+        Unknown keys in the config are errors with their line. See examples/quickstart.toml."
+    )]
+    Run(RunArgs),
     /// Write a Core ML package (.mlpackage) from a checkpoint, without Python or coremltools.
     #[command(
         long_about = "Write an ML Program .mlpackage directly: our protobuf schema, \
@@ -159,6 +169,21 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The run configuration (TOML: [run], [convert], [train], [export], [verify], [bench]).
+    config: PathBuf,
+    /// Override a setting: --set train.epochs=3 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// Redo this stage and everything after it, even if unchanged.
+    #[arg(long, value_parser = ["convert", "train", "merge", "export", "verify", "bench"])]
+    from: Option<String>,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -501,6 +526,16 @@ fn run(cli: Cli) -> Result<()> {
                 r.probe_batch,
                 r.max_abs_diff
             );
+        }
+        #[cfg(feature = "mlx")]
+        Command::Run(args) => {
+            let r = lib::run::run(&args.config, &args.set, args.from.as_deref(), args.quiet)
+                .with_context(|| format!("running {}", args.config.display()))?;
+            for s in &r.stages {
+                println!("{:<8} {:<20} {}", s.stage, s.status, s.summary);
+            }
+            println!("package: {}", r.package.display());
+            println!("summary: {}", r.run.join("summary.md").display());
         }
         Command::Export(args) => {
             let opts = args.options()?;

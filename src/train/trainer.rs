@@ -18,6 +18,12 @@ use super::state::{self, Counters};
 use super::step::{self, trainable};
 use super::{lora, plot, BestMetric, Mode, TrainConfig, TrainError};
 use crate::checkpoint::{self, Checkpoint, TensorOut};
+use crate::config::ModelConfig;
+
+/// What the trainer keeps of the base checkpoint after building the model.
+struct BaseInfo {
+    config: ModelConfig,
+}
 use crate::data::{self, Augment, DataSource, Loader, LoaderOptions};
 use crate::model::{self, Vit};
 use crate::rng::Rng;
@@ -189,6 +195,13 @@ pub fn train(
     let classes = train_set.classes.clone();
 
     let mut vit = model::from_checkpoint(&ck)?;
+    // The model holds its own copy of the weights; unmapping the file keeps the base's
+    // bytes out of the resident set for the rest of the run.
+    let base_config = ck.config.clone();
+    drop(ck);
+    let ck = BaseInfo {
+        config: base_config,
+    };
     let same_head = ck.config.num_classes == classes.len()
         && ck.config.class_names.as_ref().is_none_or(|n| *n == classes);
     let new_head = !same_head;
@@ -573,7 +586,7 @@ fn save_output(
     cfg: &TrainConfig,
     lora_layers: &[String],
     new_head: bool,
-    base: &Checkpoint,
+    base: &BaseInfo,
     base_hash: &str,
     classes: &[String],
 ) -> Result<(), TrainError> {
