@@ -1,6 +1,7 @@
 //! Real transformers / timm checkpoints (the fixtures), converted with `convert`,
 //! exported, and run by our interpreter: compared with the outputs their own libraries
-//! produced, for both ends of the target range and both precisions.
+//! produced, for every deployment target, both precisions, both input kinds and every
+//! output kind the model has.
 
 mod common;
 
@@ -22,22 +23,43 @@ fn fixtures_match_their_libraries() {
     for name in FIXTURES {
         let (_keep, ck) = converted(name);
         let refs = reference(name);
-        let inputs = vec![("pixel_values".to_string(), tensor(&refs, "pixel_values"))];
+        let pixels = tensor(&refs, "pixel_values");
+        // The same inputs for an image-input package: 0..255 values that its built-in
+        // preprocessing maps back onto the reference's normalised pixels.
+        let cfg = mlx_coreml_pipeline::checkpoint::read_config(&ck).unwrap();
+        let plane = pixels.shape[2] * pixels.shape[3];
+        let raw: Vec<f32> = pixels
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let c = (i / plane) % 3;
+                (v * cfg.preprocess.std[c] + cfg.preprocess.mean[c]) * 255.0
+            })
+            .collect();
+        let raw = Tensor::new(pixels.shape.clone(), raw).unwrap();
         let mut outputs = vec![OutputKind::Features];
         if refs.contains_key("logits") {
             outputs.extend([OutputKind::Logits, OutputKind::Classifier]);
         }
-        for target in [Target::Ios15, Target::Ios18] {
+        for target in [Target::Ios15, Target::Ios16, Target::Ios17, Target::Ios18] {
             for precision in [Precision::Fp32, Precision::Fp16] {
-                for &output in &outputs {
+                for (&output, input) in outputs
+                    .iter()
+                    .flat_map(|o| [(o, InputKind::Array), (o, InputKind::Image)])
+                {
                     let pkg = tmp.path().join(format!(
-                        "{}-{target}-{precision}-{output:?}.mlpackage",
+                        "{}-{target}-{precision}-{output:?}-{input:?}.mlpackage",
                         name
                     ));
+                    let inputs = match input {
+                        InputKind::Array => vec![("pixel_values".to_string(), pixels.clone())],
+                        InputKind::Image => vec![("image".to_string(), raw.clone())],
+                    };
                     let opts = ExportOptions {
                         precision,
                         target: Some(target),
-                        input: InputKind::Array,
+                        input,
                         output: Some(output),
                         ..Default::default()
                     };
