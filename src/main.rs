@@ -55,6 +55,9 @@ enum Command {
         /// List the presets and exit.
         #[arg(long)]
         list_presets: bool,
+        /// Working input size: resample the position grid to it (e.g. 224 for DINOv2's 518).
+        #[arg(long)]
+        image_size: Option<usize>,
     },
     /// Describe a checkpoint: architecture, parameter counts, tensors.
     Inspect {
@@ -416,6 +419,7 @@ fn run(cli: Cli) -> Result<()> {
             force,
             revision,
             list_presets,
+            image_size,
         } => {
             if list_presets {
                 for p in lib::convert::preset::PRESETS {
@@ -425,7 +429,11 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let (source, out) = (source.expect("required"), out.expect("required"));
-            let opts = lib::convert::ConvertOptions { force, revision };
+            let opts = lib::convert::ConvertOptions {
+                force,
+                revision,
+                image_size,
+            };
             let r = lib::convert::convert(&source, &out, &opts)
                 .with_context(|| format!("converting {source}"))?;
             println!(

@@ -42,6 +42,9 @@ pub struct ConvertSection {
     pub source: String,
     #[serde(default)]
     pub revision: Option<String>,
+    /// Working input size (resamples the position grid once); default: the source's.
+    #[serde(default)]
+    pub image_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -350,6 +353,7 @@ pub fn run(
                 &crate::convert::ConvertOptions {
                     force: true,
                     revision: cfg.convert.revision.clone(),
+                    image_size: cfg.convert.image_size,
                 },
             )
             .map_err(|e| stage_err("convert")(e.to_string()))?;

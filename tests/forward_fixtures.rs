@@ -88,3 +88,28 @@ fn timm_vit_classifier() {
 fn timm_vit_reg_swiglu() {
     check("timm-vit-reg-swiglu");
 }
+
+#[test]
+fn convert_with_image_size_bakes_the_resampled_grid() {
+    // Resampling at conversion must equal the runtime interpolation the libraries do.
+    for name in ["hf-dinov2", "hf-dinov2-registers", "timm-vit-reg-swiglu"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m");
+        let opts = mlx_coreml_pipeline::convert::ConvertOptions {
+            image_size: Some(42),
+            ..Default::default()
+        };
+        mlx_coreml_pipeline::convert::convert(fixture(name).to_str().unwrap(), &out, &opts)
+            .unwrap();
+        let ck = Checkpoint::load(&out).unwrap();
+        assert_eq!(ck.config.image_size, 42);
+        let vit = model::from_checkpoint(&ck).unwrap();
+        let r = reference(name);
+        let o = vit.forward(&to_array(&r["pixel_values_interp"])).unwrap();
+        let d = max_abs_diff(
+            &model::to_host(&o.tokens).unwrap(),
+            &r["last_hidden_state_interp"].data,
+        );
+        assert!(d < ATOL, "{name}: {d}");
+    }
+}

@@ -162,3 +162,23 @@ fn config_errors_are_clear() {
     let (ok, _, err) = run(&[cfg.to_str().unwrap(), "--set", "train.epochz=1"]);
     assert!(!ok && err.contains("epochz"), "{err}");
 }
+
+#[test]
+fn example_model_configs_are_valid() {
+    let dir = root().join("examples/models");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let cfg = mlx_coreml_pipeline::run::load_config(&p, &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(
+                cfg.convert.source.contains('/'),
+                "{}: hub id expected",
+                p.display()
+            );
+            n += 1;
+        }
+    }
+    assert_eq!(n, 5);
+}

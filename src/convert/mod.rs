@@ -64,6 +64,9 @@ pub struct ConvertOptions {
     pub force: bool,
     /// Hub revision (branch, tag or commit) when SOURCE is a repo id.
     pub revision: Option<String>,
+    /// Working input size: the position grid is resampled to it once, at conversion
+    /// (DINOv2 checkpoints carry a 518-pixel grid but are used at 224).
+    pub image_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -140,7 +143,7 @@ pub fn convert(
     }
     let files = source::resolve(source, opts.revision.as_deref())?;
     let plan = family::plan(&files)?;
-    let report = write_plan(&files, &plan, out, opts.force)?;
+    let report = write_plan(&files, &plan, out, opts.force, opts.image_size)?;
     Ok(ConvertReport {
         seconds: started.elapsed().as_secs_f64(),
         ..report
@@ -189,12 +192,50 @@ fn squeeze_leading(shape: &[usize]) -> &[usize] {
     &shape[first..]
 }
 
+/// Resamples the patch rows of `pos_embed` to the grid of `size` and updates the config.
+fn resample_positions(
+    config: &mut ModelConfig,
+    tensors: &mut [TensorOut<'_>],
+    size: usize,
+) -> Result<(), String> {
+    if size == 0 || size % config.patch_size != 0 {
+        return Err(format!(
+            "--image-size {size} is not a multiple of the patch size {}",
+            config.patch_size
+        ));
+    }
+    let pos = tensors
+        .iter_mut()
+        .find(|t| t.name == "pos_embed")
+        .ok_or("no pos_embed")?;
+    let values = match &pos.data {
+        TensorData::Mapped { dtype, bytes } => checkpoint::widen(*dtype, bytes),
+        TensorData::Owned(v) => v.clone(),
+    };
+    let g = size / config.patch_size;
+    let d = config.hidden_size;
+    let resized = crate::posembed::for_input(
+        &values,
+        config.pos_embed_prefix,
+        config.grid(),
+        (g, g),
+        d,
+        config.pos_interpolation,
+    );
+    pos.shape = vec![config.pos_embed_prefix + g * g, d];
+    pos.data = TensorData::Owned(resized);
+    config.preprocess.resize_shorter = config.preprocess.resize_shorter * size / config.image_size;
+    config.image_size = size;
+    Ok(())
+}
+
 /// The one pass over the tensors: check every name and shape first, then write.
 pub fn write_plan(
     files: &SourceFiles,
     plan: &Plan,
     out: &Path,
     force: bool,
+    image_size: Option<usize>,
 ) -> Result<ConvertReport, ConvertError> {
     plan.config
         .validate()
@@ -279,7 +320,16 @@ pub fn write_plan(
             },
         });
     }
-    checkpoint::write(out, &plan.config, &tensors, force)?;
+    let mut config = plan.config.clone();
+    if let Some(size) = image_size.filter(|s| *s != config.image_size) {
+        resample_positions(&mut config, &mut tensors, size).map_err(|msg| {
+            ConvertError::BadConfig {
+                path: files.config.clone(),
+                msg,
+            }
+        })?;
+    }
+    checkpoint::write(out, &config, &tensors, force)?;
     let mut dropped: Vec<String> = plan
         .inference_unused
         .iter()
