@@ -33,6 +33,14 @@ struct Case {
     checkpoint: bool,
 }
 
+struct Loaded {
+    config: mlx_coreml_pipeline::config::ModelConfig,
+}
+
+fn bench_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-train")
+}
+
 /// Runs one configuration in this process and prints `ms img/s rss`.
 fn child(preset_name: &str, batch: usize, mode: &str, checkpoint: bool, steps: usize) {
     let dir =
@@ -156,6 +164,10 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let only: Option<&String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     let steps = if quick { 2 } else { 5 };
     let mut cases = vec![
         Case {
@@ -187,9 +199,16 @@ fn main() {
             },
         ]);
     }
+    if let Some(o) = only {
+        cases.retain(|c| format!("{}{}", c.preset, if c.checkpoint { "-ckpt" } else { "" }) == *o);
+    }
     println!("| model | batch | mode | grad ckpt | ours ms/step | ours img/s | ours peak RSS | Python MLX ms/step | Python MLX peak RSS | speed ratio |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for c in &cases {
+        let dir = bench_dir().join(c.preset);
+        if !dir.join("model.safetensors").exists() {
+            preset::write_random(c.preset, 0, &dir, true).expect("preset");
+        }
         let a: Vec<String> = vec![
             c.preset.into(),
             c.batch.to_string(),
