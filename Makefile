@@ -19,6 +19,8 @@ demo: setup
 test: setup
 	@bash scripts/setup-python.sh
 	$(CARGO) fmt --check
+	python3 scripts/check_swift.py
+	python3 scripts/check_bench_schema.py
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
 	COREML_CHECK_REQUIRED=1 $(CARGO) test --quiet
 	$(CARGO) test --quiet --no-default-features --lib --test convert_errors --test coreml_export

@@ -43,12 +43,17 @@ fn bench_dir() -> std::path::PathBuf {
 
 /// Runs one configuration in this process and prints `ms img/s rss`.
 fn child(preset_name: &str, batch: usize, mode: &str, checkpoint: bool, steps: usize) {
-    let dir =
-        std::env::temp_dir().join(format!("bench-train-{preset_name}-{}", std::process::id()));
-    preset::write_random(preset_name, 0, &dir, true).expect("preset");
+    if let Ok(limit) = std::env::var("BENCH_MLX_CACHE_LIMIT") {
+        mlx_rs::memory::set_cache_limit(limit.parse().expect("bytes")).expect("cache limit");
+    }
+    // Written by the parent, so generating it does not count in this process's peak RSS;
+    // the file is unmapped once the model holds the weights.
+    let dir = bench_dir().join(preset_name);
     let ck = Checkpoint::load(&dir).expect("load");
     let mut vit = model::from_checkpoint(&ck).expect("model");
-    let _ = std::fs::remove_dir_all(&dir);
+    let ck = Loaded {
+        config: ck.config.clone(),
+    };
     let d = ck.config.hidden_size;
     let classes = 10;
     let mut rng = Rng::new(1);

@@ -135,6 +135,16 @@ enum Command {
         Unknown keys in the config are errors with their line. See examples/quickstart.toml."
     )]
     Run(RunArgs),
+    /// Benchmark a package with Core ML on CPU, GPU and Neural Engine (macOS), or render a report.
+    #[command(
+        long_about = "On macOS: builds the Swift harness in swift/ (swift build -c \
+        release) and runs it on the package: compile and load times, latency percentiles, \
+        throughput, batch throughput, the compute plan (which ops leave the Neural Engine) \
+        and agreement between compute units. Writes NAME.bench.json and a bar chart \
+        NAME.bench.png and prints a table per compute unit. Elsewhere, --report FILE.json \
+        renders an existing report."
+    )]
+    Bench(BenchArgs),
     /// Write a Core ML package (.mlpackage) from a checkpoint, without Python or coremltools.
     #[command(
         long_about = "Write an ML Program .mlpackage directly: our protobuf schema, \
@@ -172,6 +182,69 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The .mlpackage to benchmark (macOS).
+    #[arg(required_unless_present = "report")]
+    package: Option<PathBuf>,
+    /// Render an existing report (table and chart) instead of running; any platform.
+    #[arg(long, conflicts_with = "package")]
+    report: Option<PathBuf>,
+    /// Compute units: cpu, gpu, ane, all (comma-separated).
+    #[arg(long, default_value = "cpu,gpu,ane,all")]
+    compute_units: String,
+    #[arg(long, default_value_t = 20)]
+    warmup: u32,
+    #[arg(long, default_value_t = 200)]
+    iterations: u32,
+    /// Batch sizes for batch predictions (comma-separated).
+    #[arg(long, default_value = "1,8")]
+    batch: String,
+    /// Images to predict on (default: a synthetic input).
+    #[arg(long, num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// Reference outputs to compare every unit with.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Report path (default: NAME.bench.json next to the package).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn options(&self) -> Result<lib::bench::BenchOptions> {
+        let units = self
+            .compute_units
+            .split(',')
+            .map(|u| {
+                serde_json::from_value::<lib::bench::ComputeUnits>(serde_json::Value::String(
+                    u.trim().to_string(),
+                ))
+                .with_context(|| format!("--compute-units: `{u}` is not cpu, gpu, ane or all"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch_sizes = self
+            .batch
+            .split(',')
+            .map(|b| {
+                b.trim()
+                    .parse::<u32>()
+                    .with_context(|| format!("--batch: `{b}` is not a number"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(lib::bench::BenchOptions {
+            compute_units: units,
+            warmup: self.warmup,
+            iterations: self.iterations,
+            batch_sizes,
+            images: self.image.clone(),
+            reference: self.reference.clone(),
+            json: self.json.clone(),
+            swift_package: None,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -544,6 +617,24 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("package: {}", r.package.display());
             println!("summary: {}", r.run.join("summary.md").display());
+        }
+        Command::Bench(args) => {
+            if let Some(path) = &args.report {
+                let report = lib::bench::read_report(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                print!("{report}");
+                let png = lib::bench::chart_path_for(path);
+                let chart = lib::bench::render_chart(&report, &png)?;
+                println!("{chart}");
+            } else {
+                let pkg = args.package.clone().expect("required");
+                let opts = args.options()?;
+                let out = lib::bench::bench_package(&pkg, &opts)
+                    .with_context(|| format!("benchmarking {}", pkg.display()))?;
+                print!("{}", out.report);
+                println!("{}", out.chart);
+                println!("report: {}", out.json.display());
+            }
         }
         Command::Export(args) => {
             let opts = args.options()?;

@@ -165,7 +165,12 @@ fn entries(report: &BenchReport) -> (Vec<Entry>, Vec<Entry>) {
     let mut throughput = Vec::new();
     for u in report.units.iter().filter(|u| u.error.is_none()) {
         if let Some(l) = u.latency {
-            latency.push((u.compute_units, Series::LatencyP50, l.p50_ms, Some(l.p90_ms)));
+            latency.push((
+                u.compute_units,
+                Series::LatencyP50,
+                l.p50_ms,
+                Some(l.p90_ms),
+            ));
         }
         if let Some(t) = u.throughput_images_per_s {
             throughput.push((u.compute_units, Series::Throughput, t, None));
@@ -178,7 +183,12 @@ fn entries(report: &BenchReport) -> (Vec<Entry>, Vec<Entry>) {
 }
 
 /// Lays out a panel's bars: one group per unit in report order, bars side by side.
-fn layout(p: &ChartPanel, index: usize, entries: &[Entry], units: &[ComputeUnits]) -> Vec<ChartBar> {
+fn layout(
+    p: &ChartPanel,
+    index: usize,
+    entries: &[Entry],
+    units: &[ComputeUnits],
+) -> Vec<ChartBar> {
     let groups = units.len().max(1) as u32;
     let group_width = (p.right - p.left) / groups;
     let mut bars = Vec::new();
@@ -187,7 +197,9 @@ fn layout(p: &ChartPanel, index: usize, entries: &[Entry], units: &[ComputeUnits
         if mine.is_empty() {
             continue;
         }
-        let inner = group_width.saturating_sub(2 * GROUP_GAP).max(mine.len() as u32);
+        let inner = group_width
+            .saturating_sub(2 * GROUP_GAP)
+            .max(mine.len() as u32);
         let bar_width = inner / mine.len() as u32;
         let group_x = p.left + g as u32 * group_width + GROUP_GAP;
         for (i, e) in mine.iter().enumerate() {
@@ -292,7 +304,13 @@ fn short(v: f64) -> String {
 
 impl fmt::Display for Chart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "chart: {} ({}x{})", self.path.display(), self.width, self.height)?;
+        writeln!(
+            f,
+            "chart: {} ({}x{})",
+            self.path.display(),
+            self.width,
+            self.height
+        )?;
         let mut seen = Vec::new();
         for b in &self.bars {
             if !seen.contains(&b.units) {

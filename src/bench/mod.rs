@@ -23,8 +23,7 @@ pub use report::{
     ThermalState, ToolInfo, UnitResult, SCHEMA_VERSION,
 };
 pub use run::{
-    bench_package, chart_path_for, coreml_bench_args, default_json_path, BenchOptions,
-    BenchOutcome,
+    bench_package, chart_path_for, coreml_bench_args, default_json_path, BenchOptions, BenchOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -83,7 +83,8 @@ impl ReferenceFile {
                 _ => examples = Some(t.shape[0]),
             }
         }
-        if let (Some(labels), Some(p)) = (&self.class_labels, self.outputs.get("classLabel_probs")) {
+        if let (Some(labels), Some(p)) = (&self.class_labels, self.outputs.get("classLabel_probs"))
+        {
             let cols: usize = p.shape[1..].iter().product();
             if labels.len() != cols {
                 return Err(format!(
@@ -100,10 +101,11 @@ impl ReferenceFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let file: ReferenceFile = serde_json::from_str(&text).map_err(|source| BenchError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file: ReferenceFile =
+            serde_json::from_str(&text).map_err(|source| BenchError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
         file.check().map_err(|msg| BenchError::Invalid {
             path: path.to_path_buf(),
             msg,

@@ -42,6 +42,18 @@ pub enum ThermalState {
     Unknown,
 }
 
+impl fmt::Display for ThermalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Nominal => "nominal",
+            Self::Fair => "fair",
+            Self::Serious => "serious",
+            Self::Critical => "critical",
+            Self::Unknown => "unknown",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineInfo {
     pub chip: String,
@@ -128,6 +140,16 @@ pub enum InputSource {
     Synthetic,
     Images,
     Reference,
+}
+
+impl fmt::Display for InputSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Synthetic => "synthetic",
+            Self::Images => "images",
+            Self::Reference => "reference",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -76,11 +76,7 @@ pub fn chart_path_for(json: &Path) -> PathBuf {
 }
 
 fn join<T: ToString>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(T::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// The arguments of `coreml-bench` for these options (after the program name).
@@ -178,9 +174,7 @@ fn tool_error(cmd: &Command, status: String) -> BenchError {
 
 /// Runs a command with inherited stdout/stderr, so its progress and errors show.
 fn run(cmd: &mut Command) -> Result<(), BenchError> {
-    let status = cmd
-        .status()
-        .map_err(|e| tool_error(cmd, e.to_string()))?;
+    let status = cmd.status().map_err(|e| tool_error(cmd, e.to_string()))?;
     if status.success() {
         Ok(())
     } else {

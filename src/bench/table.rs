@@ -68,14 +68,14 @@ impl BenchReport {
         }
         writeln!(
             f,
-            ", {}, thermal {:?} -> {:?}",
+            ", {}, thermal {} -> {}",
             mc.os_version, mc.thermal_state_start, mc.thermal_state_end
         )?;
         let s = &self.settings;
         let batches: Vec<String> = s.batch_sizes.iter().map(u32::to_string).collect();
         writeln!(
             f,
-            "run      warmup {}, iterations {}, batch sizes [{}], input {:?} ({} example{})",
+            "run      warmup {}, iterations {}, batch sizes [{}], input {} ({} example{})",
             s.warmup,
             s.iterations,
             batches.join(", "),
@@ -90,7 +90,16 @@ impl BenchReport {
         writeln!(
             f,
             "{:<5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
-            "unit", "cold load", "warm load", "first", "mean", "p50", "p90", "p99", "min", "max",
+            "unit",
+            "cold load",
+            "warm load",
+            "first",
+            "mean",
+            "p50",
+            "p90",
+            "p99",
+            "min",
+            "max",
             "images/s"
         )?;
         for u in measured(self) {
@@ -157,7 +166,10 @@ impl BenchReport {
         if !measured(self).any(|u| u.compute_plan.is_some()) {
             return Ok(());
         }
-        writeln!(f, "\ncompute plan (ops by preferred device, const ops left out)")?;
+        writeln!(
+            f,
+            "\ncompute plan (ops by preferred device, const ops left out)"
+        )?;
         writeln!(
             f,
             "{:<5} {:>6} {:>6} {:>6} {:>6} {:>8}",
@@ -174,7 +186,10 @@ impl BenchReport {
             }
         }
         for u in measured(self) {
-            let Some(ops) = u.compute_plan.as_ref().and_then(|p| p.ops_not_on_ane.as_ref())
+            let Some(ops) = u
+                .compute_plan
+                .as_ref()
+                .and_then(|p| p.ops_not_on_ane.as_ref())
             else {
                 continue;
             };
@@ -182,9 +197,20 @@ impl BenchReport {
                 writeln!(f, "  {}: every op on the Neural Engine", u.compute_units)?;
                 continue;
             }
-            writeln!(f, "  {}: {} ops not on the Neural Engine:", u.compute_units, ops.len())?;
+            writeln!(
+                f,
+                "  {}: {} ops not on the Neural Engine:",
+                u.compute_units,
+                ops.len()
+            )?;
             for op in ops {
-                writeln!(f, "    {} ({}, {})", op.output, op.operator, op.device.name())?;
+                writeln!(
+                    f,
+                    "    {} ({}, {})",
+                    op.output,
+                    op.operator,
+                    op.device.name()
+                )?;
             }
         }
         Ok(())

@@ -8,12 +8,13 @@ final class ReportTests: XCTestCase {
         var options = BenchOptions(modelPath: "runs/m.mlpackage", jsonPath: "r.json")
         options.computeUnits = [.cpu, .ane]
         let latency = try XCTUnwrap(Latency(millisecondSamples: [3, 1, 2]))
+        let batch = try XCTUnwrap(BatchResult(batchSize: 8, batchMilliseconds: [10]))
         var cpu = UnitResult(
             computeUnits: .cpu,
             load: LoadTimes(coldMilliseconds: 100, warmMilliseconds: 10),
             firstPredictionMilliseconds: 5,
             latency: latency,
-            batches: [try XCTUnwrap(BatchResult(batchSize: 8, batchMilliseconds: [10]))],
+            batches: [batch],
             computePlan: ComputePlanSummary(
                 operations: [PlanOperation(output: "x", operatorName: "matmul", device: .cpu, supported: [.cpu])],
                 listOpsOffNeuralEngine: false)
