@@ -61,6 +61,7 @@ class ViT(nn.Module):
         super().__init__()
         d, rank = a.hidden, (a.rank if a.mode == "lora" else 0)
         self.patch = a.patch
+        self.checkpoint = a.checkpoint
         self.patch_embed = nn.Linear(3 * a.patch * a.patch, d)
         n = (a.size // a.patch) ** 2
         self.cls_token = mx.random.normal((1, 1, d)) * 0.02
@@ -76,7 +77,7 @@ class ViT(nn.Module):
         x = self.patch_embed(x)
         x = mx.concatenate([mx.broadcast_to(self.cls_token, (b, 1, x.shape[-1])), x], axis=1) + self.pos_embed
         for blk in self.blocks:
-            x = blk(x)
+            x = mx.checkpoint(blk)(x) if self.checkpoint else blk(x)
         return self.head(self.norm(x)[:, 0])
 
 
@@ -87,6 +88,9 @@ def main():
         ap.add_argument(f"--{k}", type=int, default=v)
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--mode", default="lora", choices=["lora", "full"])
+    # Memory comparison only: mx.checkpoint over a module call captures its parameters,
+    # so their gradients are lost (the known pitfall our trainer avoids).
+    ap.add_argument("--checkpoint", action="store_true")
     a = ap.parse_args()
     mx.random.seed(0)
     model = ViT(a)

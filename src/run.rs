@@ -144,7 +144,7 @@ pub fn load_config(path: &Path, overrides: &[String]) -> Result<RunConfig, RunEr
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            base.join(p)
+            normalise(&base.join(p))
         }
     };
     cfg.run.out = rel(&cfg.run.out);
@@ -162,6 +162,28 @@ pub fn load_config(path: &Path, overrides: &[String]) -> Result<RunConfig, RunEr
         )));
     }
     Ok(cfg)
+}
+
+/// `examples/../runs` -> `runs`, lexically (the folder need not exist yet).
+fn normalise(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
 }
 
 fn insert_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
