@@ -10,19 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod common;
+
+use common::peak_rss_bytes;
 use mlx_coreml_pipeline::checkpoint::{write_safetensors, TensorOut};
 use mlx_coreml_pipeline::convert::{self, preset};
-
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
 
 /// Our tensor names -> timm's, with timm's leading singleton axes.
 fn timm_name(ours: &str, shape: &[usize]) -> (String, Vec<usize>) {

@@ -11,67 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use mlx_coreml_pipeline::checkpoint::{self, TensorOut};
-use mlx_coreml_pipeline::config::{
-    MlpKind, ModelConfig, Pooling, PosInterpolation, Preprocess, Provenance, QkvLayout,
-    SourceFamily, FORMAT_VERSION,
-};
+mod common;
+
+use mlx_coreml_pipeline::checkpoint;
+use mlx_coreml_pipeline::convert::preset;
 use mlx_coreml_pipeline::coreml::{export, ExportOptions, Precision};
 
-fn vit_b16() -> ModelConfig {
-    ModelConfig {
-        format_version: FORMAT_VERSION,
-        image_size: 224,
-        patch_size: 16,
-        in_channels: 3,
-        hidden_size: 768,
-        num_layers: 12,
-        num_heads: 12,
-        mlp: MlpKind::Gelu,
-        mlp_hidden: 3072,
-        qkv: QkvLayout::Fused,
-        qkv_bias: true,
-        layer_scale: false,
-        num_register_tokens: 0,
-        pos_embed_prefix: 1,
-        pos_interpolation: PosInterpolation::Bicubic,
-        norm_eps: 1e-6,
-        pooling: Pooling::Cls,
-        num_classes: 1000,
-        class_names: None,
-        preprocess: Preprocess {
-            mean: [0.5; 3],
-            std: [0.5; 3],
-            resize_shorter: 248,
-        },
-        provenance: Provenance {
-            family: SourceFamily::Preset,
-            source: "bench/vit_base_patch16_224-random".into(),
-            key_prefix: String::new(),
-        },
-    }
-}
-
-/// Uniform values in [-a, a) from a xorshift generator (fast; the distribution does
-/// not matter for timing).
-fn random(n: usize, a: f32, state: &mut u64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            ((*state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-        })
-        .collect()
-}
-
-fn vm_hwm_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Child: one export, then a machine-readable line.
 fn child(ck: &Path, out: &Path) {
     let opts = ExportOptions {
         precision: Precision::Fp16,
@@ -84,7 +29,7 @@ fn child(ck: &Path, out: &Path) {
         std::process::exit(1)
     });
     let wall = t.elapsed().as_secs_f64();
-    let hwm = vm_hwm_kib().unwrap_or(0);
+    let hwm = common::peak_rss_bytes() / 1024;
     println!("{report}");
     println!(
         "RESULT wall_s={wall:.4} vmhwm_kib={hwm} package_bytes={}",
@@ -101,19 +46,12 @@ fn main() {
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let tmp = std::env::temp_dir().join(format!("bench-export-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("temp dir");
-    let cfg = vit_b16();
+    // ViT-B/16 with a 1000-class head, timm-style random init.
+    let mut cfg = preset::find("vit-b16").expect("preset").config();
+    cfg.num_classes = 1000;
     let params = cfg.num_parameters();
     let t = Instant::now();
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let tensors: Vec<TensorOut<'static>> = cfg
-        .tensor_shapes()
-        .into_iter()
-        .map(|(name, shape)| {
-            let n = shape.iter().product();
-            let data = random(n, 0.05, &mut state);
-            TensorOut::owned(name, shape, data)
-        })
-        .collect();
+    let tensors = preset::random_tensors(&cfg, 1);
     let ck: PathBuf = tmp.join("vit_b16");
     checkpoint::write(&ck, &cfg, &tensors, true).expect("write checkpoint");
     drop(tensors);

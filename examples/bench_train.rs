@@ -6,6 +6,8 @@
 //!
 //! Each configuration runs in a child process so its peak RSS is its own.
 
+mod common;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -15,16 +17,6 @@ use mlx_coreml_pipeline::model;
 use mlx_coreml_pipeline::rng::Rng;
 use mlx_coreml_pipeline::train::{self, optim::AdamW, step, LoraConfig};
 use mlx_rs::Array;
-
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
 
 struct Case {
     preset: &'static str,
@@ -100,7 +92,11 @@ fn child(preset_name: &str, batch: usize, mode: &str, checkpoint: bool, steps: u
         }
     }
     let ms = 1000.0 * times.iter().sum::<f64>() / times.len() as f64;
-    println!("{ms} {} {}", batch as f64 * 1000.0 / ms, peak_rss());
+    println!(
+        "{ms} {} {}",
+        batch as f64 * 1000.0 / ms,
+        common::peak_rss_bytes()
+    );
 }
 
 fn run_child(args: &[String]) -> Option<Vec<f64>> {

@@ -33,8 +33,6 @@ pub enum ConvertError {
     BadConfig { path: PathBuf, msg: String },
     #[error("{path}: unknown architecture: {msg}")]
     UnknownArchitecture { path: PathBuf, msg: String },
-    #[error("{path}: not a readable safetensors file: {msg}")]
-    Safetensors { path: PathBuf, msg: String },
     #[error("{path}: tensors the model does not use (conversion would silently drop them): {}", names.join(", "))]
     Unused { path: PathBuf, names: Vec<String> },
     #[error("{path}: missing tensors: {}", names.join(", "))]
@@ -161,10 +159,7 @@ impl SourceTensors {
         for shard in &files.weights {
             let mmap = checkpoint::map_file(&shard.path)?;
             // Parse once here so a truncated file fails before any output exists.
-            SafeTensors::deserialize(&mmap).map_err(|e| ConvertError::Safetensors {
-                path: shard.path.clone(),
-                msg: e.to_string(),
-            })?;
+            checkpoint::parse_safetensors(&shard.path, &mmap)?;
             maps.push((shard.path.clone(), mmap));
         }
         Ok(SourceTensors { maps })

@@ -329,6 +329,14 @@ pub fn train(
     };
     rewrite_metrics(&history)?;
 
+    let output_spec = OutputSpec {
+        cfg: &cfg,
+        lora_layers: &lora_layers,
+        new_head,
+        base: &ck,
+        base_hash: &base_hash,
+        classes: &classes,
+    };
     let total_params = vit.config.num_parameters();
     let trainable_count: usize = trainable(&vit).values().map(|a| a.size()).sum();
     let log = Logger::new(quiet, total_steps as u64);
@@ -466,16 +474,7 @@ pub fn train(
                     if counters.best.is_none_or(|(b, _)| score > b) {
                         counters.best = Some((score, counters.step));
                         counters.evals_since_best = 0;
-                        save_output(
-                            &run.join("best"),
-                            &vit,
-                            &cfg,
-                            &lora_layers,
-                            new_head,
-                            &ck,
-                            &base_hash,
-                            &classes,
-                        )?;
+                        save_output(&run.join("best"), &vit, &output_spec)?;
                     } else {
                         counters.evals_since_best += 1;
                     }
@@ -518,16 +517,7 @@ pub fn train(
         Mode::Lora => run.join("adapters"),
         Mode::Full => run.join("model"),
     };
-    save_output(
-        &output,
-        &vit,
-        &cfg,
-        &lora_layers,
-        new_head,
-        &ck,
-        &base_hash,
-        &classes,
-    )?;
+    save_output(&output, &vit, &output_spec)?;
     rewrite_metrics(&history)?;
     write_curves(run, &history);
     let report = TrainReport {
@@ -578,18 +568,27 @@ fn evaluate(vit: &Vit, loader: &Loader) -> Result<EvalMetrics, TrainError> {
     Ok(ev.finish())
 }
 
-/// Writes what the run produced: adapters (LoRA) or a full checkpoint.
-#[allow(clippy::too_many_arguments)]
-fn save_output(
-    dir: &Path,
-    vit: &Vit,
-    cfg: &TrainConfig,
-    lora_layers: &[String],
+/// What the run's outputs (`best/`, `adapters/` or `model/`) are written from, besides
+/// the model itself.
+struct OutputSpec<'a> {
+    cfg: &'a TrainConfig,
+    lora_layers: &'a [String],
     new_head: bool,
-    base: &BaseInfo,
-    base_hash: &str,
-    classes: &[String],
-) -> Result<(), TrainError> {
+    base: &'a BaseInfo,
+    base_hash: &'a str,
+    classes: &'a [String],
+}
+
+/// Writes what the run produced: adapters (LoRA) or a full checkpoint.
+fn save_output(dir: &Path, vit: &Vit, spec: &OutputSpec<'_>) -> Result<(), TrainError> {
+    let OutputSpec {
+        cfg,
+        lora_layers,
+        new_head,
+        base,
+        base_hash,
+        classes,
+    } = *spec;
     match cfg.mode {
         Mode::Lora => {
             let mut replaced = Vec::new();
