@@ -17,7 +17,7 @@ impl Mlp {
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
         let h = self.fc1.forward(x)?;
         let h = match self.kind {
-            MlpKind::Gelu => mlx_rs::nn::gelu(&h)?,
+            MlpKind::Gelu => super::gelu::gelu(&h)?,
             MlpKind::SwigluPacked => {
                 // First half is the gate (timm SwiGLUPacked, DINOv2 SwiGLU).
                 let parts = mlx_rs::ops::split_equal(&h, 2, -1)?;

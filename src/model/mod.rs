@@ -5,6 +5,8 @@
 mod attention;
 mod block;
 mod embed;
+mod ffi;
+pub mod gelu;
 mod linear;
 mod load;
 mod mlp;

@@ -123,12 +123,21 @@ impl AdamW {
 }
 
 /// Global L2 norm of the gradients (lazy scalar).
-pub fn global_norm(grads: &BTreeMap<String, Array>) -> Result<Array, Exception> {
-    let mut total = array!(0.0f32);
-    for g in grads.values() {
-        total = total.add(g.as_dtype(mlx_rs::Dtype::Float32)?.square()?.sum(None)?)?;
+/// Global L2 norm of the gradients (lazy scalar). One wide sum over the per-tensor squares
+/// rather than a chain of additions: MLX schedules deep branches of the graph first, and a
+/// chain of N additions made the norm the deepest branch, so the gradients were evaluated
+/// in the chain's order instead of the backward pass's, keeping far more activations alive
+/// (ViT-Ti batch 8 with gradient checkpointing: 375 MB peak with the chain, 155 MB with
+/// this). The terms are in the order given (see `step::backward_order`).
+pub fn global_norm<'a>(grads: impl IntoIterator<Item = &'a Array>) -> Result<Array, Exception> {
+    let terms = grads
+        .into_iter()
+        .map(|g| g.as_dtype(mlx_rs::Dtype::Float32)?.square()?.sum(None))
+        .collect::<Result<Vec<_>, Exception>>()?;
+    if terms.is_empty() {
+        return Ok(array!(0.0f32));
     }
-    total.sqrt()
+    ops::stack(&terms, 0)?.sum(None)?.sqrt()
 }
 
 /// Scales gradients so their global norm is at most `max_norm` (given the norm).

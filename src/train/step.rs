@@ -78,7 +78,8 @@ where
     } else {
         (loss_sum, grads)
     };
-    let norm = optim::global_norm(&grads)?;
+    let order = backward_order(grads.keys());
+    let norm = optim::global_norm(order.iter().map(|k| &grads[k.as_str()]))?;
     let grads = if clip_norm > 0.0 {
         optim::clip(grads, &norm, clip_norm)?
     } else {
@@ -87,7 +88,7 @@ where
     let updated = opt.update(&trainable(vit), &grads, lr)?;
     // One evaluation per step: loss, norm, new parameters and optimizer state.
     let mut outputs: Vec<&Array> = vec![&loss, &norm];
-    outputs.extend(updated.values());
+    outputs.extend(order.iter().filter_map(|k| updated.get(k.as_str())));
     outputs.extend(opt.state_arrays());
     mlx_rs::transforms::eval(outputs)?;
     Ok(StepOutput {
@@ -97,6 +98,32 @@ where
     })
 }
 
+/// Parameter names in the order their gradients should be asked of MLX: embeddings, then
+/// blocks first to last, then the final norm and head, i.e. the deepest point of the
+/// backward chain first. MLX evaluates its outputs depth first in the order given; starting
+/// from the gradient that needs the whole backward chain makes it run the chain block by
+/// block and free each block's (recomputed) activations before the next. String order
+/// ("blocks.10" before "blocks.2") or hash order kept up to 2.3x the activation memory
+/// with gradient checkpointing (ViT-Ti batch 8: 160 MB in this order, 357 MB in hash
+/// order).
+pub fn backward_order<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let rank = |name: &str| -> (u8, u64) {
+        if let Some(rest) = name.strip_prefix("blocks.") {
+            let index = rest.split('.').next().and_then(|i| i.parse().ok());
+            return (1, index.unwrap_or(u64::MAX));
+        }
+        match name.split('.').next() {
+            Some("patch_embed" | "cls_token" | "reg_tokens" | "pos_embed") => (0, 0),
+            Some("norm") => (2, 0),
+            Some("head") => (3, 0),
+            _ => (4, 0),
+        }
+    };
+    let mut names: Vec<String> = names.into_iter().cloned().collect();
+    names.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+    names
+}
+
 /// Puts the step's new parameter values into the model.
 pub fn apply(vit: &mut Vit, updated: BTreeMap<String, Array>) {
     let flat: Vec<(Rc<str>, Array)> = updated
@@ -104,4 +131,37 @@ pub fn apply(vit: &mut Vit, updated: BTreeMap<String, Array>) {
         .map(|(k, v)| (Rc::from(k.as_str()), v))
         .collect();
     mlx_rs::module::update_parameters(vit, flat);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backward_order;
+
+    #[test]
+    fn backward_order_walks_the_model_from_the_input() {
+        let names: Vec<String> = [
+            "head.weight",
+            "blocks.10.mlp.fc1.lora_a",
+            "norm.weight",
+            "blocks.2.attn.qkv.lora_b",
+            "pos_embed",
+            "blocks.2.attn.qkv.lora_a",
+            "patch_embed.weight",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            backward_order(&names),
+            [
+                "patch_embed.weight",
+                "pos_embed",
+                "blocks.2.attn.qkv.lora_a",
+                "blocks.2.attn.qkv.lora_b",
+                "blocks.10.mlp.fc1.lora_a",
+                "norm.weight",
+                "head.weight",
+            ]
+        );
+    }
 }
