@@ -6,7 +6,22 @@
 # beyond package registries); mlx-sys is taken from crates.io, our patch
 # (patches/mlx-sys-*-linux.diff) is applied to a copy under .mlx/, and a generated
 # .cargo/config.toml points Cargo at that copy and at the wheel.
+#
+# --cuda (Linux): also fetch MLX's CUDA build of the same version (`mlx-cuda-13`) and the
+# NVIDIA CUDA 13 libraries it links (the nvidia-* wheels its metadata names) into
+# .mlx/mlx-cuda-13-<version>/. The same binary moves onto it by itself for
+# `--device auto|gpu` on a machine with an NVIDIA driver; `pipeline doctor` reports.
+# PIPELINE_CUDA_SKIP_NVIDIA=1 skips the NVIDIA wheels (about 2 GB) where PyTorch or a CUDA
+# install already provides them.
 set -euo pipefail
+
+cuda=0
+for arg in "$@"; do
+  case "$arg" in
+    --cuda) cuda=1 ;;
+    *) echo "setup: unknown option $arg (use --cuda)" >&2; exit 2 ;;
+  esac
+done
 
 # These three move together: mlx-rs 0.33.0 depends on mlx-sys 0.7.0, whose mlx-c pins
 # MLX 0.32.2. Cargo.toml pins mlx-rs; the check below fails if they drift apart.
@@ -45,6 +60,35 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ "$cuda" = 1 ]; then
+  cuda_dir="$mlx_home/mlx-cuda-13-$MLX_VERSION"
+  mkdir -p "$mlx_home"
+  if [ ! -f "$cuda_dir/mlx/lib/libmlx.so" ]; then
+    say "downloading mlx-cuda-13==$MLX_VERSION from PyPI (about 90 MB)"
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+      --platform manylinux_2_35_x86_64 --python-version 3.11 \
+      "mlx-cuda-13==$MLX_VERSION" -d "$tmp" \
+      || die "could not download mlx-cuda-13==$MLX_VERSION from PyPI"
+    rm -rf "$cuda_dir.tmp" && mkdir -p "$cuda_dir.tmp"
+    python3 -m zipfile -e "$tmp"/mlx_cuda_13-*.whl "$cuda_dir.tmp"
+    rm -rf "$tmp" "$cuda_dir" && mv "$cuda_dir.tmp" "$cuda_dir"
+  fi
+  if [ -z "${PIPELINE_CUDA_SKIP_NVIDIA:-}" ] && [ ! -f "$cuda_dir/nvidia/.ready" ]; then
+    # The wheel's own requirements, so the two never drift; its libmlx.so looks for them
+    # in ../../nvidia/*/lib, which is where --target puts them.
+    mapfile -t reqs < <(sed -n 's/^Requires-Dist: //p' "$cuda_dir"/mlx_cuda_13-*.dist-info/METADATA)
+    say "installing NVIDIA CUDA libraries: ${reqs[*]}"
+    rm -rf "$cuda_dir/nvidia.tmp"
+    python3 -m pip install --quiet --no-deps --only-binary=:all: --target "$cuda_dir/nvidia.tmp" "${reqs[@]}" \
+      || die "could not install ${reqs[*]} from PyPI"
+    rm -rf "$cuda_dir/nvidia" && mv "$cuda_dir/nvidia.tmp/nvidia" "$cuda_dir/nvidia"
+    rm -rf "$cuda_dir/nvidia.tmp"
+    touch "$cuda_dir/nvidia/.ready"
+  fi
+  say "MLX CUDA build ready in ${cuda_dir#$root/}"
 fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] && [ -f .cargo/config.toml ] \

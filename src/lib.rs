@@ -1,6 +1,7 @@
 //! mlx-coreml-pipeline: Vision Transformers from pretrained weights to benchmarked Core ML
 //! models. One module per stage; [`checkpoint::Checkpoint`] is what passes between them.
 
+pub mod backend;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

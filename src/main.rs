@@ -109,6 +109,9 @@ enum Command {
         (resumable with --resume), metrics.jsonl, curves.png and summary.md/json."
     )]
     Train(TrainArgs),
+    /// Which MLX library and device training would use, and what is missing for a GPU.
+    #[cfg(feature = "mlx")]
+    Doctor,
     /// Fold LoRA adapters into their base and write a plain checkpoint.
     #[cfg(feature = "mlx")]
     Merge {
@@ -257,6 +260,10 @@ struct RunArgs {
     /// Redo this stage and everything after it, even if unchanged.
     #[arg(long, value_parser = ["convert", "train", "merge", "export", "verify", "bench"])]
     from: Option<String>,
+    /// Where MLX trains: auto (the GPU when MLX's CUDA build and an NVIDIA GPU are
+    /// there, else the CPU), cpu or gpu.
+    #[arg(long, default_value = "auto")]
+    device: lib::backend::DeviceChoice,
     /// No progress output.
     #[arg(long)]
     quiet: bool,
@@ -347,6 +354,10 @@ struct TrainArgs {
     /// Training data: image folder, .csv, .json or .jsonl.
     #[arg(long, required_unless_present = "resume")]
     data: Option<PathBuf>,
+    /// Where MLX trains: auto (the GPU when MLX's CUDA build and an NVIDIA GPU are
+    /// there, else the CPU), cpu or gpu.
+    #[arg(long, default_value = "auto")]
+    device: lib::backend::DeviceChoice,
     /// Validation data (default: DATA/val for folders).
     #[arg(long)]
     val_data: Option<PathBuf>,
@@ -395,6 +406,10 @@ struct TrainArgs {
     /// Recompute block activations in the backward pass: much less memory, some more time.
     #[arg(long)]
     grad_checkpoint: bool,
+    /// float32, or bfloat16 (bf16 activations and matmuls with float32 master weights,
+    /// optimizer state and loss; for GPUs: on the CPU bf16 is many times slower).
+    #[arg(long, default_value = "float32")]
+    precision: lib::train::Precision,
     /// Evaluate every N steps (0 = every epoch).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
@@ -454,6 +469,7 @@ impl TrainArgs {
             schedule: self.schedule,
             clip_norm: self.clip_norm,
             grad_checkpoint: self.grad_checkpoint,
+            precision: self.precision,
             eval_every: self.eval_every,
             save_every: self.save_every,
             best_metric: if self.best_metric == "val_loss" {
@@ -473,6 +489,23 @@ impl TrainArgs {
             },
         }
     }
+}
+
+/// Moves onto MLX's CUDA build when the device choice asks for a GPU (re-executing this
+/// program), then makes the device MLX's default.
+#[cfg(feature = "mlx")]
+fn use_device(choice: lib::backend::DeviceChoice, quiet: bool) -> Result<()> {
+    lib::backend::prepare(choice)?;
+    let ty = lib::backend::select(choice)?;
+    if !quiet {
+        let name = lib::backend::gpu_name().filter(|_| matches!(ty, mlx_rs::DeviceType::Gpu));
+        eprintln!(
+            "device: {}{}",
+            format!("{ty:?}").to_lowercase(),
+            name.map(|n| format!(" ({n})")).unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn main() {
@@ -558,6 +591,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "mlx")]
         Command::Train(args) => {
+            use_device(args.device, args.quiet)?;
             let cfg = args.config();
             let (model, out, resume) = match &args.resume {
                 Some(run) => (PathBuf::new(), run.clone(), true),
@@ -610,6 +644,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "mlx")]
         Command::Run(args) => {
+            use_device(args.device, args.quiet)?;
             let r = lib::run::run(&args.config, &args.set, args.from.as_deref(), args.quiet)
                 .with_context(|| format!("running {}", args.config.display()))?;
             for s in &r.stages {
@@ -617,6 +652,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("package: {}", r.package.display());
             println!("summary: {}", r.run.join("summary.md").display());
+        }
+        #[cfg(feature = "mlx")]
+        Command::Doctor => {
+            lib::backend::prepare(lib::backend::DeviceChoice::Auto)?;
+            lib::backend::select(lib::backend::DeviceChoice::Auto)?;
+            for (k, v) in lib::backend::doctor() {
+                println!("{:<17} {v}", format!("{k}:"));
+            }
         }
         Command::Bench(args) => {
             if let Some(path) = &args.report {

@@ -13,6 +13,11 @@ pub struct Norm {
 
 impl Norm {
     pub fn forward(&self, x: &Array, eps: f32) -> Result<Array, Exception> {
+        if x.dtype() != mlx_rs::Dtype::Float32 {
+            let f = |a: &Array| a.as_dtype(mlx_rs::Dtype::Float32);
+            return layer_norm(&f(x)?, &f(&self.weight.value)?, &f(&self.bias.value)?, eps)?
+                .as_dtype(x.dtype());
+        }
         layer_norm(x, &self.weight.value, &self.bias.value, eps)
     }
 }

@@ -99,8 +99,8 @@ impl Embeddings<'_> {
         let grid = parts[1].reshape(&[g, g * d])?;
         let mh = posembed::resize_matrix(g as usize, gh as usize, self.interpolation);
         let mw = posembed::resize_matrix(g as usize, gw as usize, self.interpolation);
-        let mh = Array::from_slice(&mh, &[gh, g]);
-        let mw = Array::from_slice(&mw, &[gw, g]);
+        let mh = Array::from_slice(&mh, &[gh, g]).as_dtype(pos.dtype())?;
+        let mw = Array::from_slice(&mw, &[gw, g]).as_dtype(pos.dtype())?;
         // rows: [gh, g*d] -> [gh, g, d] -> [gh, d, g] @ mw^T -> [gh, d, gw] -> [gh, gw, d]
         let rows = ops::matmul(&mh, &grid)?.reshape(&[gh, g, d])?;
         let cols = ops::matmul(rows.transpose_axes(&[0, 2, 1])?, mw.t())?;

@@ -104,9 +104,11 @@ fn dropout(x: &Array, p: f32, seed: u64) -> Result<Array, Exception> {
     let key = mlx_rs::random::key(seed)?;
     let keep_p = mlx_rs::array!(1.0 - p);
     let keep = mlx_rs::random::bernoulli(&keep_p, x.shape(), &key)?;
+    // Constants in x's dtype: a float32 scalar would promote bf16 activations.
+    let dt = x.dtype();
     ops::select(
         &keep,
-        x.multiply(mlx_rs::array!(1.0 / (1.0 - p)))?,
-        mlx_rs::array!(0.0f32),
+        x.multiply(mlx_rs::array!(1.0 / (1.0 - p)).as_dtype(dt)?)?,
+        mlx_rs::array!(0.0f32).as_dtype(dt)?,
     )
 }

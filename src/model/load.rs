@@ -65,5 +65,6 @@ pub fn from_checkpoint(ck: &Checkpoint) -> Result<Vit, ModelError> {
         head: linear("head"),
         config: c.clone(),
         grad_checkpoint: false,
+        compute_dtype: mlx_rs::Dtype::Float32,
     })
 }

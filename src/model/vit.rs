@@ -1,3 +1,4 @@
+use mlx_rs::module::ModuleParameters;
 use mlx_rs::{
     error::Exception, macros::ModuleParameters, module::Param, ops, ops::indexing::IndexOp, Array,
 };
@@ -25,6 +26,10 @@ pub struct Vit {
     pub config: ModelConfig,
     /// Recompute block activations in the backward pass (less memory, more compute).
     pub grad_checkpoint: bool,
+    /// Dtype of the forward pass's arithmetic. Other than float32, every parameter is cast
+    /// to it at use (the stored ones stay as they are: float32 masters while training)
+    /// and so are the pixels; outputs come out in it.
+    pub compute_dtype: mlx_rs::Dtype,
 }
 
 /// Everything a forward pass produces.
@@ -53,6 +58,45 @@ impl Vit {
     }
 
     pub fn forward(&self, pixels: &Array) -> Result<VitOutput, Exception> {
+        let dt = self.compute_dtype;
+        if pixels.dtype() != dt
+            || self
+                .parameters()
+                .flatten()
+                .values()
+                .any(|p| p.dtype() != dt)
+        {
+            // Casts are graph ops, so gradients flow back to the stored parameters in
+            // their own dtype; parameters already in `dt` pass through untouched.
+            let mut cast = self.clone();
+            for (_, p) in cast.parameters_mut().flatten() {
+                *p = p.as_dtype(dt)?;
+            }
+            return cast.forward_cast(&pixels.as_dtype(dt)?);
+        }
+        self.forward_cast(pixels)
+    }
+
+    /// Casts every parameter not being trained to the compute dtype, once, so steps do
+    /// not redo it (and frozen weights take half the memory in bf16).
+    pub fn cast_frozen(&mut self) -> Result<(), Exception> {
+        let dt = self.compute_dtype;
+        let trainable: std::collections::HashSet<String> = self
+            .trainable_parameters()
+            .flatten()
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        for (name, p) in self.parameters_mut().flatten() {
+            if !trainable.contains(&*name) {
+                *p = p.as_dtype(dt)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The forward pass once parameters and pixels are in the compute dtype.
+    fn forward_cast(&self, pixels: &Array) -> Result<VitOutput, Exception> {
         let mut x = self.embeddings().forward(pixels)?;
         for block in &self.blocks {
             x = if self.grad_checkpoint {

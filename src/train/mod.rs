@@ -30,6 +30,38 @@ pub enum Mode {
     Full,
 }
 
+/// Arithmetic of the forward and backward passes. Master weights, optimizer state, the
+/// loss and the softmax statistics stay float32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    Float32,
+    /// bfloat16 activations and matmuls: for GPUs (MLX's CPU bf16 is many times slower
+    /// than its f32).
+    Bfloat16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> mlx_rs::Dtype {
+        match self {
+            Precision::Float32 => mlx_rs::Dtype::Float32,
+            Precision::Bfloat16 => mlx_rs::Dtype::Bfloat16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "float32" | "f32" | "fp32" => Ok(Precision::Float32),
+            "bfloat16" | "bf16" => Ok(Precision::Bfloat16),
+            other => Err(format!("unknown precision `{other}` (float32 or bfloat16)")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BestMetric {
@@ -78,6 +110,7 @@ pub struct TrainConfig {
     pub clip_norm: f32,
     /// Recompute each block in the backward pass instead of keeping its activations.
     pub grad_checkpoint: bool,
+    pub precision: Precision,
     /// Evaluate every N optimizer steps; 0 = at the end of every epoch.
     pub eval_every: usize,
     /// Save the resumable checkpoint every N optimizer steps; 0 = every epoch.
@@ -112,6 +145,7 @@ impl Default for TrainConfig {
             schedule: Schedule::Cosine,
             clip_norm: 1.0,
             grad_checkpoint: false,
+            precision: Precision::Float32,
             eval_every: 0,
             save_every: 0,
             best_metric: BestMetric::ValTop1,

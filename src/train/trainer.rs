@@ -225,6 +225,8 @@ pub fn train(
     };
     set_trainable(&mut vit, &cfg, new_head);
     vit.grad_checkpoint = cfg.grad_checkpoint;
+    vit.compute_dtype = cfg.precision.dtype();
+    vit.cast_frozen()?;
 
     let mut counters = Counters::default();
     let mut opt = AdamW::new(cfg.weight_decay);
