@@ -18,7 +18,7 @@ out=${1:-${OUT:-$root/target/bench-gpu-out}}
 mkdir -p "$out"
 bundle="$root/gpu-bundle"
 work="$root/target/gpu-work"
-steps=${BENCH_STEPS:-10}
+steps=${BENCH_STEPS:-8}
 warmup=${BENCH_WARMUP:-3}
 log() { echo "bench-gpu: $*" >&2; }
 
@@ -46,7 +46,9 @@ tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1
 if [ ! -d "$py_home/mlx" ]; then
   mkdir -p "$py_home"
   python3 -m zipfile -e "$bundle"/1/mlx-0.32.2-"$tag"-*.whl "$py_home"
-  cp -r "$cuda_home/mlx/lib" "$py_home/mlx/"
+  # The CUDA build compiles kernels at run time against the headers it ships (CCCL),
+  # which it finds beside its library.
+  cp -r "$cuda_home/mlx/lib" "$cuda_home/mlx/include" "$py_home/mlx/"
   cp -r "$cuda_home/mlx_cuda_13.libs" "$py_home/"
 fi
 nvidia_libs=$(python3 - <<'PY'
@@ -60,6 +62,9 @@ PY
 log "NVIDIA libraries: ${nvidia_libs:-none}"
 
 export PIPELINE_MLX_CUDA_LIB="$cuda_home/mlx/lib"
+# Sixteen configurations in one process outgrow MLX's default CUDA-graph cache (400), after
+# which it refuses to go on ("cache thrashing"); same setting for both MLX runs.
+export MLX_CUDA_GRAPH_CACHE_SIZE=${MLX_CUDA_GRAPH_CACHE_SIZE:-4000}
 bin="$bundle/2/bin"
 # The rpath of a build on this machine would point here; a copied binary is told.
 start() { LD_LIBRARY_PATH="$cpu_home/mlx/lib" "$@"; }
@@ -87,14 +92,22 @@ for m in $models; do
 done
 ours=${ours#,}; py=${py#,}
 
+frameworks=${BENCH_FRAMEWORKS:-"ours mlx torch"}
+has() { case " $frameworks " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if has ours; then
 log "ours"
 start "$bin/bench_gpu" --device gpu --steps "$steps" --warmup "$warmup" --configs "$ours" \
   | tee "$out/ours.jsonl" || log "our run failed"
+fi
+if has mlx; then
 log "Python MLX"
 PYTHONPATH="$py_home" LD_LIBRARY_PATH="$nvidia_libs" python3 scripts/bench_train_mlx.py \
   --device gpu --steps "$steps" --warmup "$warmup" --configs "$py" | tee "$out/python-mlx.jsonl" || log "Python MLX run failed"
+fi
+if has torch; then
 log "PyTorch"
 python3 scripts/bench_train_torch.py --device cuda --steps "$steps" --warmup "$warmup" \
   --configs "$py" | tee "$out/pytorch.jsonl" || log "PyTorch run failed"
+fi
 python3 scripts/gpu_bench_table.py "$out" > "$out/gpu-bench.md"
 cat "$out/gpu-bench.md"

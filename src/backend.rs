@@ -141,6 +141,17 @@ fn site_packages() -> Vec<PathBuf> {
             prefixes.push(PathBuf::from(p).join("lib"));
         }
     }
+    // The environment of the `python3` first on PATH (a venv's bin/ has its lib/ beside).
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("python3").exists() {
+                if let Some(env) = dir.parent() {
+                    prefixes.push(env.join("lib"));
+                }
+                break;
+            }
+        }
+    }
     if let Some(home) = std::env::var_os("HOME") {
         prefixes.push(PathBuf::from(home).join(".local/lib"));
     }

@@ -107,9 +107,27 @@ thread_local! {
     /// Built once per thread: MLX caches compiled kernels per closure, so the closure
     /// must outlive the calls.
     static FAST: RefCell<Option<Closure>> = const { RefCell::new(None) };
+    /// The plain formula compiled into one kernel (and its derivative into another), for
+    /// GPUs, where MLX's own erf is fine but five separate passes are not.
+    static FUSED: RefCell<Option<Closure>> = const { RefCell::new(None) };
 }
 
-fn on_cpu() -> bool {
+fn cached(
+    cell: &'static std::thread::LocalKey<RefCell<Option<Closure>>>,
+    build: fn() -> Result<Closure, Exception>,
+    x: &Array,
+) -> Result<Array, Exception> {
+    cell.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(build()?);
+        }
+        let f = slot.as_ref().expect("just built");
+        Ok(f.apply(std::slice::from_ref(x))?.remove(0))
+    })
+}
+
+pub(crate) fn on_cpu() -> bool {
     matches!(
         mlx_rs::Device::try_default().and_then(|d| d.get_type()),
         Ok(mlx_rs::DeviceType::Cpu)
@@ -118,17 +136,16 @@ fn on_cpu() -> bool {
 
 /// Exact GELU: `x (1 + erf(x / √2)) / 2`.
 pub fn gelu(x: &Array) -> Result<Array, Exception> {
-    if x.dtype() == Dtype::Float32 && on_cpu() {
-        return FAST.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(build_fast()?);
-            }
-            let f = slot.as_ref().expect("just built");
-            Ok(f.apply(std::slice::from_ref(x))?.remove(0))
-        });
+    match (on_cpu(), x.dtype()) {
+        (true, Dtype::Float32) => cached(&FAST, build_fast, x),
+        // MLX's CPU compiler has no bf16 arithmetic worth fusing for; keep it plain.
+        (true, _) => gelu_reference(x),
+        (false, _) => cached(
+            &FUSED,
+            || Closure::new(|a: &[Array]| Ok(vec![gelu_reference(&a[0])?])).compiled(),
+            x,
+        ),
     }
-    gelu_reference(x)
 }
 
 /// The plain formula with MLX's erf, constants in x's dtype (no promotion).

@@ -16,6 +16,7 @@ mod vit;
 pub use attention::Attention;
 pub use block::Block;
 pub use embed::Embeddings;
+pub use ffi::Closure;
 pub use linear::Linear;
 pub use load::{from_checkpoint, ModelError};
 pub use mlp::Mlp;

@@ -79,36 +79,62 @@ impl AdamW {
         grads: &BTreeMap<String, Array>,
         lr: f32,
     ) -> Result<BTreeMap<String, Array>, Exception> {
+        self.update_scaled(params, grads, lr, &array!(1.0f32))
+    }
+
+    /// [`AdamW::update`] on `grad_scale * grads` (the clipping factor, a lazy scalar).
+    /// Each tensor's whole update is one compiled kernel: as separate ops it was a dozen
+    /// passes over every parameter, which dominated full fine-tuning steps on the GPU.
+    pub fn update_scaled(
+        &mut self,
+        params: &BTreeMap<String, Array>,
+        grads: &BTreeMap<String, Array>,
+        lr: f32,
+        grad_scale: &Array,
+    ) -> Result<BTreeMap<String, Array>, Exception> {
         self.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);
         let c2 = 1.0 - b2.powi(self.t as i32);
-        let step = lr / c1;
+        // Scalars are inputs of the compiled kernel, not constants, so changing the learning
+        // rate or step does not recompile it.
+        let step = array!(lr / c1);
+        let inv_c2 = array!(1.0 / c2);
         let mut out = BTreeMap::new();
         for (name, p) in params {
             let Some(g) = grads.get(name) else {
                 out.insert(name.clone(), p.clone());
                 continue;
             };
-            // State stays float32 whatever the gradient's dtype.
+            // State stays float32 whatever the gradient's dtype; it starts at zero (which
+            // gives exactly (1 - b1) g and (1 - b2) g^2 on the first step).
             let g = g.as_dtype(mlx_rs::Dtype::Float32)?;
-            let zeros = || ops::zeros_like(&g);
             let m = match self.m.get(name) {
-                Some(m) => m.multiply(array!(b1))?.add(g.multiply(array!(1.0 - b1))?)?,
-                None => g.multiply(array!(1.0 - b1))?,
+                Some(m) => m.clone(),
+                None => ops::zeros_like(&g)?,
             };
             let v = match self.v.get(name) {
-                Some(v) => v
-                    .multiply(array!(b2))?
-                    .add(g.square()?.multiply(array!(1.0 - b2))?)?,
-                None => g.square()?.multiply(array!(1.0 - b2))?.add(zeros()?)?,
+                Some(v) => v.clone(),
+                None => ops::zeros_like(&g)?,
             };
-            let denom = v.divide(array!(c2))?.sqrt()?.add(array!(self.eps))?;
-            let mut new_p = p.clone();
-            if self.weight_decay > 0.0 && decays(name, p.ndim()) {
-                new_p = new_p.multiply(array!(1.0 - lr * self.weight_decay))?;
-            }
-            new_p = new_p.subtract(m.divide(&denom)?.multiply(array!(step))?)?;
+            let decay = if self.weight_decay > 0.0 && decays(name, p.ndim()) {
+                1.0 - lr * self.weight_decay
+            } else {
+                1.0
+            };
+            let inputs = [
+                p.clone(),
+                g,
+                m,
+                v,
+                grad_scale.clone(),
+                step.clone(),
+                inv_c2.clone(),
+                array!(decay),
+            ];
+            let [new_p, m, v]: [Array; 3] = adamw_kernel(b1, b2, self.eps, &inputs)?
+                .try_into()
+                .map_err(|_| Exception::custom("AdamW kernel returned the wrong outputs"))?;
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
             out.insert(name.clone(), new_p);
@@ -122,7 +148,42 @@ impl AdamW {
     }
 }
 
-/// Global L2 norm of the gradients (lazy scalar).
+/// `[p, g, m, v, grad_scale, step, 1/c2, decay] -> [p', m', v']`.
+fn adamw_math(b1: f32, b2: f32, eps: f32, a: &[Array]) -> Result<Vec<Array>, Exception> {
+    let (p, g, m, v) = (&a[0], &a[1], &a[2], &a[3]);
+    let (scale, step, inv_c2, decay) = (&a[4], &a[5], &a[6], &a[7]);
+    let g = g.multiply(scale)?;
+    let m = m.multiply(array!(b1))?.add(g.multiply(array!(1.0 - b1))?)?;
+    let v = v
+        .multiply(array!(b2))?
+        .add(g.square()?.multiply(array!(1.0 - b2))?)?;
+    let denom = v.multiply(inv_c2)?.sqrt()?.add(array!(eps))?;
+    let p = p
+        .multiply(decay)?
+        .subtract(m.divide(&denom)?.multiply(step)?)?;
+    Ok(vec![p, m, v])
+}
+
+thread_local! {
+    /// Compiled AdamW kernels by (b1, b2, eps) bits; MLX caches a trace per shape.
+    static KERNELS: std::cell::RefCell<Vec<((u32, u32, u32), crate::model::Closure)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn adamw_kernel(b1: f32, b2: f32, eps: f32, inputs: &[Array]) -> Result<Vec<Array>, Exception> {
+    let key = (b1.to_bits(), b2.to_bits(), eps.to_bits());
+    KERNELS.with(|cell| {
+        let mut kernels = cell.borrow_mut();
+        if !kernels.iter().any(|(k, _)| *k == key) {
+            let f = crate::model::Closure::new(move |a: &[Array]| adamw_math(b1, b2, eps, a))
+                .compiled()?;
+            kernels.push((key, f));
+        }
+        let (_, f) = kernels.iter().find(|(k, _)| *k == key).expect("just added");
+        f.apply(inputs)
+    })
+}
+
 /// Global L2 norm of the gradients (lazy scalar). One wide sum over the per-tensor squares
 /// rather than a chain of additions: MLX schedules deep branches of the graph first, and a
 /// chain of N additions made the norm the deepest branch, so the gradients were evaluated
@@ -138,6 +199,14 @@ pub fn global_norm<'a>(grads: impl IntoIterator<Item = &'a Array>) -> Result<Arr
         return Ok(array!(0.0f32));
     }
     ops::stack(&terms, 0)?.sum(None)?.sqrt()
+}
+
+/// The factor that brings the global norm down to at most `max_norm` (lazy scalar).
+pub fn clip_factor(norm: &Array, max_norm: f32) -> Result<Array, Exception> {
+    ops::minimum(
+        array!(1.0f32),
+        array!(max_norm).divide(norm.add(array!(1e-6f32))?)?,
+    )
 }
 
 /// Scales gradients so their global norm is at most `max_norm` (given the norm).

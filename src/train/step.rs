@@ -80,12 +80,12 @@ where
     };
     let order = backward_order(grads.keys());
     let norm = optim::global_norm(order.iter().map(|k| &grads[k.as_str()]))?;
-    let grads = if clip_norm > 0.0 {
-        optim::clip(grads, &norm, clip_norm)?
+    let scale = if clip_norm > 0.0 {
+        optim::clip_factor(&norm, clip_norm)?
     } else {
-        grads
+        array!(1.0f32)
     };
-    let updated = opt.update(&trainable(vit), &grads, lr)?;
+    let updated = opt.update_scaled(&trainable(vit), &grads, lr, &scale)?;
     // One evaluation per step: loss, norm, new parameters and optimizer state.
     let mut outputs: Vec<&Array> = vec![&loss, &norm];
     outputs.extend(order.iter().filter_map(|k| updated.get(k.as_str())));
