@@ -74,6 +74,7 @@ fn child(preset_name: &str, batch: usize, mode: &str, checkpoint: bool, steps: u
     let mut opt = AdamW::new(0.01);
     let warmup = 2;
     let mut times = Vec::new();
+    let _ = mlx_rs::memory::reset_peak_memory();
     for i in 0..warmup + steps {
         let t = Instant::now();
         let out = step::compute(
@@ -93,9 +94,10 @@ fn child(preset_name: &str, batch: usize, mode: &str, checkpoint: bool, steps: u
     }
     let ms = 1000.0 * times.iter().sum::<f64>() / times.len() as f64;
     println!(
-        "{ms} {} {}",
+        "{ms} {} {} {}",
         batch as f64 * 1000.0 / ms,
-        common::peak_rss_bytes()
+        common::peak_rss_bytes(),
+        mlx_rs::memory::peak_memory().unwrap_or(0)
     );
 }
 
@@ -203,8 +205,8 @@ fn main() {
     if let Some(o) = only {
         cases.retain(|c| format!("{}{}", c.preset, if c.checkpoint { "-ckpt" } else { "" }) == *o);
     }
-    println!("| model | batch | mode | grad ckpt | ours ms/step | ours img/s | ours peak RSS | Python MLX ms/step | Python MLX peak RSS | speed ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| model | batch | mode | grad ckpt | ours ms/step | ours img/s | ours peak RSS | ours MLX peak | Python MLX ms/step | Python MLX peak RSS | speed ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for c in &cases {
         let dir = bench_dir().join(c.preset);
         if !dir.join("model.safetensors").exists() {
@@ -238,7 +240,7 @@ fn main() {
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} GB | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} GB | {:.2} GB | {} | {} | {} |",
             c.preset,
             c.batch,
             c.mode,
@@ -246,6 +248,7 @@ fn main() {
             ours[0],
             ours[1],
             ours[2] / 1e9,
+            ours.get(3).copied().unwrap_or(0.0) / 1e9,
             py_ms,
             py_rss,
             ratio

@@ -20,7 +20,9 @@ pub fn from_checkpoint(ck: &Checkpoint) -> Result<Vit, ModelError> {
     let array = |name: &str| -> Array {
         let view = st.tensor(name).expect("validated checkpoint");
         let data = crate::checkpoint::le_f32(view.data());
-        Array::from_slice(&data, &shape_i32(view.shape()))
+        let a = Array::from_slice(&data, &shape_i32(view.shape()));
+        ck.release(view.data());
+        a
     };
     let opt = |name: &str| -> Option<Array> { st.tensor(name).ok().map(|_| array(name)) };
     let linear =
