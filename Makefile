@@ -23,7 +23,7 @@ test: setup
 	python3 scripts/check_bench_schema.py
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
 	COREML_CHECK_REQUIRED=1 $(CARGO) test --quiet
-	$(CARGO) test --quiet --no-default-features --lib --test convert_errors --test coreml_export
+	$(CARGO) test --quiet --no-default-features --lib --test convert_errors --test coreml_export --test verify_reference_out
 
 bench-convert: setup
 	$(CARGO) run --release --quiet --example bench_convert

@@ -133,8 +133,9 @@ enum Command {
     #[command(
         long_about = "Run every stage into one run folder: the converted model, \
         training run (adapters, curves, metrics), merged model, model.mlpackage, \
-        verify.json and summary.md/json. A stage whose inputs did not change (settings and \
-        content hashes of what it reads) is not redone; an interrupted training resumes. \
+        verify.json, reference.json (for coreml-bench --reference) and summary.md/json. \
+        A stage whose inputs did not change (settings and content hashes of what it reads) \
+        is not redone; an interrupted training resumes. \
         Unknown keys in the config are errors with their line. See examples/quickstart.toml."
     )]
     Run(RunArgs),
@@ -164,7 +165,9 @@ enum Command {
         pixel_values and last_hidden_state / pooled / logits, as `pipeline embed` writes). \
         Inputs: --images, the reference's pixels, or a seeded probe batch. Fails (exit 1) \
         beyond the thresholds: fp32 max abs error under 1e-4 of the output scale; fp16 \
-        relative error under 1e-2 and 100% top-1 agreement."
+        relative error under 1e-2 and 100% top-1 agreement. --reference-out FILE.json \
+        writes those inputs and reference outputs for `coreml-bench --reference` (swift/), \
+        to compare Core ML on a Mac with the same reference."
     )]
     Verify {
         /// The .mlpackage to check.
@@ -184,6 +187,10 @@ enum Command {
         /// JSON report path (default: next to the package, NAME.verify.json).
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also write the inputs and reference outputs compared against as a
+        /// `coreml-bench --reference FILE.json` file (the package's feature names).
+        #[arg(long, value_name = "FILE.json")]
+        reference_out: Option<PathBuf>,
     },
 }
 
@@ -692,6 +699,7 @@ fn run(cli: Cli) -> Result<()> {
             images,
             probe,
             json,
+            reference_out,
         } => {
             let opts = lib::verify::VerifyOptions {
                 model,
@@ -699,6 +707,7 @@ fn run(cli: Cli) -> Result<()> {
                 images,
                 probe,
                 seed: 0,
+                reference_out: reference_out.clone(),
             };
             let r = lib::verify::verify(&package, &opts)
                 .with_context(|| format!("verifying {}", package.display()))?;
@@ -706,6 +715,9 @@ fn run(cli: Cli) -> Result<()> {
             let json = json.unwrap_or_else(|| package.with_extension("verify.json"));
             lib::verify::write_json(&r, &json)?;
             println!("report: {}", json.display());
+            if let Some(p) = &reference_out {
+                println!("reference for coreml-bench: {}", p.display());
+            }
             if !r.pass {
                 anyhow::bail!(
                     "{} does not match its reference within the thresholds",

@@ -493,8 +493,10 @@ pub fn run(
         },
     )?;
 
-    // verify
+    // verify; also leaves what it compared against as `reference.json`, the file
+    // `coreml-bench --reference` reads, so a Mac can check Core ML on the same inputs.
     let verify_json = out.join("verify.json");
+    let reference_json = out.join("reference.json");
     let images = if cfg.verify.images.is_empty() {
         validation_images(&cfg.train.data, 32)
     } else {
@@ -504,7 +506,7 @@ pub fn run(
     step(
         "verify",
         h_verify,
-        verify_json.exists(),
+        verify_json.exists() && reference_json.exists(),
         &mut ledger,
         &mut results,
         &mut || {
@@ -512,6 +514,7 @@ pub fn run(
                 model: Some(merged.clone()),
                 images: images.clone(),
                 probe: 4,
+                reference_out: Some(reference_json.clone()),
                 ..Default::default()
             };
             let r = crate::verify::verify(&package, &opts)
@@ -540,7 +543,8 @@ pub fn run(
         let why = if cfg.bench.skip {
             "skipped by config"
         } else {
-            "skipped: Core ML needs macOS (run `pipeline bench` on a Mac)"
+            "skipped: Core ML needs macOS (run `pipeline bench` on a Mac, with \
+             `--reference reference.json` to check its outputs)"
         };
         say(&format!("[bench] {why}"));
         results.push(StageResult {
@@ -552,7 +556,9 @@ pub fn run(
         results.push(StageResult {
             stage: "bench".into(),
             status: "skipped".into(),
-            summary: "run `pipeline bench` on the package".into(),
+            summary: "run `pipeline bench` on the package, with `--reference reference.json` \
+                      to check its outputs"
+                .into(),
         });
     }
 
@@ -684,7 +690,8 @@ fn write_summary(out: &Path, r: &RunReport) -> Result<(), RunError> {
     }
     let _ = writeln!(
         md,
-        "\nPackage: `{}`. Training curves: `train/curves.png`; verification: `verify.json`.",
+        "\nPackage: `{}`. Training curves: `train/curves.png`; verification: `verify.json`; \
+         reference for `coreml-bench --reference`: `reference.json`.",
         r.package.display()
     );
     let p = out.join("summary.md");

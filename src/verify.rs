@@ -1,13 +1,16 @@
 //! `pipeline verify`: run an exported package through our MIL interpreter and compare it
 //! with the model it came from: the live MLX forward of a checkpoint (`--model`) or saved
 //! reference outputs (`--reference`, e.g. from `pipeline embed`), on given images, the
-//! reference file's pixels, or a seeded probe batch.
+//! reference file's pixels, or a seeded probe batch. With `reference_out` it also writes
+//! what it compared against as a `coreml-bench --reference` file ([`ReferenceFile`]).
 
 use std::path::{Path, PathBuf};
 
+use crate::bench::{BenchError, ReferenceFile, ReferenceTensor};
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::ModelConfig;
 use crate::coreml::interp::Package;
+use crate::coreml::vit::names;
 use crate::coreml::{self, verify_against, Precision, Tensor, VerifyReport};
 use crate::imaging;
 use crate::rng::Rng;
@@ -33,6 +36,9 @@ pub enum VerifyStageError {
     #[cfg(feature = "mlx")]
     #[error("MLX: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
+    /// The `--reference-out` file could not be built or written (the message names it).
+    #[error("writing the coreml-bench reference file: {source}")]
+    ReferenceOut { path: PathBuf, source: BenchError },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -51,6 +57,9 @@ pub struct VerifyOptions {
     /// Size of the random probe batch when neither images nor a reference are given.
     pub probe: usize,
     pub seed: u64,
+    /// Also write the inputs and reference outputs compared against here, as a
+    /// `coreml-bench --reference` JSON file under the package's feature names.
+    pub reference_out: Option<PathBuf>,
 }
 
 /// Reference-file tensors by name.
@@ -222,12 +231,89 @@ pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
     } else {
         inputs.normalised
     };
-    Ok(verify_against(
-        pkg_path,
-        &[(input_name, x)],
-        &outputs,
-        precision,
-    )?)
+    let inputs = [(input_name, x)];
+    let report = verify_against(pkg_path, &inputs, &outputs, precision)?;
+    if let Some(path) = &opts.reference_out {
+        let source = match (&opts.reference, &opts.model) {
+            (Some(r), _) => format!("pipeline verify: reference outputs of {}", r.display()),
+            (None, Some(m)) => format!("pipeline verify: MLX forward of {}", m.display()),
+            (None, None) => "pipeline verify".to_string(),
+        };
+        let out_err = |source| VerifyStageError::ReferenceOut {
+            path: path.clone(),
+            source,
+        };
+        let file = reference_file(&pkg, source, &inputs, &outputs, &names).map_err(|msg| {
+            out_err(BenchError::Invalid {
+                path: path.clone(),
+                msg,
+            })
+        })?;
+        file.write(path).map_err(out_err)?;
+    }
+    Ok(report)
+}
+
+/// The `coreml-bench --reference` file for a comparison: the package's inputs as given
+/// (`image` 0..255 planes or normalised `pixel_values`) and the reference outputs under
+/// the package's output names: `pooled -> embedding`, `last_hidden_state -> tokens`,
+/// `logits -> logits`, or for a classifier their softmax as `classLabel_probs` with the
+/// package's class labels. Only outputs the package has are written.
+fn reference_file(
+    pkg: &Package,
+    source: String,
+    inputs: &[(String, Tensor)],
+    outputs: &[(String, Tensor)],
+    package_outputs: &[String],
+) -> Result<ReferenceFile, String> {
+    let has = |n: &str| package_outputs.iter().any(|o| o == n);
+    let tensor = |t: &Tensor, data: Vec<f32>| ReferenceTensor {
+        shape: t.shape.clone(),
+        data,
+    };
+    // coreml-bench feeds `image` as 8-bit pixels (rounded, clamped to 0..255): say so
+    // when ours are not (normalised reference pixels mapped back need not be).
+    let not_8bit = inputs.iter().any(|(name, t)| {
+        name == names::IMAGE
+            && t.data
+                .iter()
+                .any(|v| !(0.0..=255.0).contains(v) || (v - v.round()).abs() > 1e-3)
+    });
+    let source = if not_8bit {
+        format!(
+            "{source}; note: `image` holds values that are not 8-bit pixels (fractional or \
+             outside 0..255); coreml-bench rounds and clamps them, so its outputs may differ"
+        )
+    } else {
+        source
+    };
+    let mut file = ReferenceFile::new(source);
+    for (name, t) in inputs {
+        file.inputs.insert(name.clone(), tensor(t, t.data.clone()));
+    }
+    for (name, t) in outputs {
+        let (out, data) = match name.as_str() {
+            "pooled" if has(names::EMBEDDING) => (names::EMBEDDING, t.data.clone()),
+            "last_hidden_state" if has(names::TOKENS) => (names::TOKENS, t.data.clone()),
+            "logits" if has(names::LOGITS) => (names::LOGITS, t.data.clone()),
+            "logits" if has(names::PROBS) => {
+                let classes = *t.shape.last().unwrap_or(&1);
+                let labels = pkg
+                    .class_labels()
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the package has classLabel_probs but no `classify` op")?;
+                file.class_labels = Some(labels);
+                (
+                    names::PROBS,
+                    coreml::verify::softmax_rows(&t.data, classes.max(1)),
+                )
+            }
+            _ => continue,
+        };
+        file.outputs.insert(out.to_string(), tensor(t, data));
+    }
+    // `write` checks the file (sizes, one example count, labels per column).
+    Ok(file)
 }
 
 #[cfg(feature = "mlx")]

@@ -65,6 +65,7 @@ fn quickstart_end_to_end_then_cached_then_partial_redo() {
         "merged/model.json",
         "model.mlpackage/Manifest.json",
         "verify.json",
+        "reference.json",
         "summary.md",
         "summary.json",
     ] {
@@ -74,6 +75,19 @@ fn quickstart_end_to_end_then_cached_then_partial_redo() {
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("verify.json")).unwrap())
             .unwrap();
     assert_eq!(verify["pass"], true);
+    // What verify compared against, as coreml-bench --reference reads it.
+    let reference =
+        mlx_coreml_pipeline::bench::ReferenceFile::read(&run_dir.join("reference.json")).unwrap();
+    assert!(
+        reference.inputs.contains_key("image"),
+        "{:?}",
+        reference.inputs.keys()
+    );
+    assert!(
+        reference.outputs.contains_key("classLabel_probs") && reference.class_labels.is_some(),
+        "{:?}",
+        reference.outputs.keys()
+    );
     // coremltools parses the spec and rebuilds the program from our weight.bin.
     let st = Command::new("python3")
         .arg(root().join("scripts/check_coreml.py"))

@@ -119,7 +119,9 @@ impl fmt::Display for VerifyReport {
     }
 }
 
-fn softmax_rows(x: &[f32], classes: usize) -> Vec<f32> {
+/// Softmax over each row of `classes` values: what a classifier's probabilities are
+/// compared with when the reference holds logits.
+pub(crate) fn softmax_rows(x: &[f32], classes: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(classes) {
         let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

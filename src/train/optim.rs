@@ -164,10 +164,12 @@ fn adamw_math(b1: f32, b2: f32, eps: f32, a: &[Array]) -> Result<Vec<Array>, Exc
     Ok(vec![p, m, v])
 }
 
+/// A compiled AdamW kernel and the (b1, b2, eps) bits it was built for.
+type Kernel = ((u32, u32, u32), crate::model::Closure);
+
 thread_local! {
-    /// Compiled AdamW kernels by (b1, b2, eps) bits; MLX caches a trace per shape.
-    static KERNELS: std::cell::RefCell<Vec<((u32, u32, u32), crate::model::Closure)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    /// Compiled AdamW kernels; MLX caches a trace per shape.
+    static KERNELS: std::cell::RefCell<Vec<Kernel>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn adamw_kernel(b1: f32, b2: f32, eps: f32, inputs: &[Array]) -> Result<Vec<Array>, Exception> {

@@ -167,6 +167,29 @@ impl Package {
         Ok(self.main()?.1.outputs.clone())
     }
 
+    /// The class names of the program's `classify` op, in the order of its
+    /// probabilities; `None` when the program has no `classify` (not a classifier).
+    pub fn class_labels(&self) -> Result<Option<Vec<String>>, InterpError> {
+        let (_, block) = self.main()?;
+        let Some(op) = block.operations.iter().find(|op| op.r#type == "classify") else {
+            return Ok(None);
+        };
+        let bad = |m: &str| InterpError::Program(format!("`classify`: {m}"));
+        let value = op
+            .inputs
+            .get("classes")
+            .and_then(|a| a.arguments.first())
+            .and_then(|b| match &b.binding {
+                Some(pb::argument::binding::Binding::Value(v)) => Some(v),
+                _ => None,
+            })
+            .ok_or_else(|| bad("`classes` is not a literal"))?;
+        match decode_value(value, None)? {
+            Val::StrList(c) => Ok(Some(c)),
+            _ => Err(bad("`classes` is not a list of strings")),
+        }
+    }
+
     /// Runs `main` on the given inputs (image inputs take `[1, 3, H, W]` 0..255 values).
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<BTreeMap<String, Output>, InterpError> {
         let (f, block) = self.main()?;
