@@ -58,6 +58,21 @@ pub struct TrainReport {
     /// `adapters/` (LoRA) or `model/` (full fine-tuning).
     pub output: PathBuf,
     pub seconds: f64,
+    /// Where MLX computed: `cpu`, or `gpu` with the GPU's name.
+    pub device: String,
+    pub precision: super::Precision,
+}
+
+/// MLX's default device in words, for the summary.
+fn device_in_words() -> String {
+    match mlx_rs::Device::try_default().and_then(|d| d.get_type()) {
+        Ok(mlx_rs::DeviceType::Gpu) => match crate::backend::gpu_name() {
+            Some(name) => format!("gpu ({name})"),
+            None => "gpu".into(),
+        },
+        Ok(mlx_rs::DeviceType::Cpu) => "cpu".into(),
+        Err(_) => "unknown".into(),
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -523,6 +538,8 @@ pub fn train(
     rewrite_metrics(&history)?;
     write_curves(run, &history);
     let report = TrainReport {
+        device: device_in_words(),
+        precision: cfg.precision,
         run: run.to_path_buf(),
         steps: counters.step,
         epochs_completed: counters.epoch,
@@ -675,6 +692,8 @@ fn write_summary(run: &Path, r: &TrainReport) -> Result<(), TrainError> {
     if let Some((v, s)) = r.best {
         let _ = writeln!(md, "| best {:?} | {v:.4} at step {s} |", r.best_metric);
     }
+    let _ = writeln!(md, "| device | {} |", r.device);
+    let _ = writeln!(md, "| precision | {:?} |", r.precision);
     let _ = writeln!(md, "| throughput | {:.2} images/s |", r.images_per_second);
     let _ = writeln!(
         md,
