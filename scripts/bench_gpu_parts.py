@@ -22,6 +22,14 @@ if sys.argv[1] == "mlx":
         q = mx.random.normal((B,H,T,D)).astype(dt); k = mx.random.normal((B,H,T,D)).astype(dt); v = mx.random.normal((B,H,T,D)).astype(dt)
         g = mx.grad(lambda q,k,v: mx.fast.scaled_dot_product_attention(q,k,v,scale=0.125).astype(mx.float32).sum(), argnums=(0,1,2))
         res["sdpa fwd+bwd "+name] = bench(lambda: mx.eval(g(q,k,v)))
+        def explicit(q, k, v):
+            s = (q * 0.125) @ k.swapaxes(-1, -2)
+            p = mx.softmax(s.astype(mx.float32), axis=-1).astype(dt)
+            return p @ v
+        ge = mx.grad(lambda q,k,v: explicit(q,k,v).astype(mx.float32).sum(), argnums=(0,1,2))
+        res["explicit attention fwd+bwd "+name] = bench(lambda: mx.eval(ge(q,k,v)))
+        ce = mx.grad(mx.compile(lambda q,k,v: explicit(q,k,v).astype(mx.float32).sum()), argnums=(0,1,2))
+        res["explicit compiled fwd+bwd "+name] = bench(lambda: mx.eval(ce(q,k,v)))
         x = mx.random.normal((B*T,768)).astype(dt); w1 = (mx.random.normal((3072,768))*0.02).astype(dt); w2 = (mx.random.normal((768,3072))*0.02).astype(dt)
         gm = mx.grad(lambda x,w1,w2: (nn.gelu(x@w1.T)@w2.T).astype(mx.float32).sum(), argnums=(0,1,2))
         res["mlp fwd+bwd "+name] = bench(lambda: mx.eval(gm(x,w1,w2)))
