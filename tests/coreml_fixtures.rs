@@ -27,16 +27,7 @@ fn fixtures_match_their_libraries() {
         // The same inputs for an image-input package: 0..255 values that its built-in
         // preprocessing maps back onto the reference's normalised pixels.
         let cfg = mlx_coreml_pipeline::checkpoint::read_config(&ck).unwrap();
-        let plane = pixels.shape[2] * pixels.shape[3];
-        let raw: Vec<f32> = pixels
-            .data
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let c = (i / plane) % 3;
-                (v * cfg.preprocess.std[c] + cfg.preprocess.mean[c]) * 255.0
-            })
-            .collect();
+        let raw = raw_planes(&pixels.data, &pixels.shape, &cfg.preprocess);
         let raw = Tensor::new(pixels.shape.clone(), raw).unwrap();
         let mut outputs = vec![OutputKind::Features];
         if refs.contains_key("logits") {

@@ -32,6 +32,22 @@ fn package(
     (tmp, ck, pkg)
 }
 
+/// Verifies `pkg` against the fixture's saved outputs, writing the reference file to `out`.
+fn verify_saved(
+    name: &str,
+    pkg: &Path,
+    out: &Path,
+) -> Result<mlx_coreml_pipeline::coreml::VerifyReport, VerifyStageError> {
+    verify(
+        pkg,
+        &VerifyOptions {
+            reference: Some(fixture(name).join("reference.safetensors")),
+            reference_out: Some(out.to_path_buf()),
+            ..Default::default()
+        },
+    )
+}
+
 fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{name}: length");
     let d = max_abs_diff(got, want);
@@ -130,16 +146,7 @@ fn image_classifier_writes_raw_pixels_and_class_probabilities() {
     assert_eq!(image.shape, pv.shape);
     assert_eq!(image.shape, [3, 3, 32, 32]);
     let cfg = read_config(&ck).unwrap();
-    let plane = pv.shape[2] * pv.shape[3];
-    let raw: Vec<f32> = pv
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let c = (i / plane) % 3;
-            (v * cfg.preprocess.std[c] + cfg.preprocess.mean[c]) * 255.0
-        })
-        .collect();
+    let raw = raw_planes(&pv.data, &pv.shape, &cfg.preprocess);
     assert_close("image", &image.data, &raw, 1e-4);
     // The fixture's pixels are random normals: mapped back they are not 8-bit pixels,
     // which the file says (coreml-bench rounds and clamps them).
@@ -180,15 +187,7 @@ fn array_features_writes_pixel_values_embedding_and_tokens() {
     let (tmp, _ck, pkg) = package(name, InputKind::Array, OutputKind::Features);
     let refs = reference(name);
     let out = tmp.path().join("reference.json");
-    let r = verify(
-        &pkg,
-        &VerifyOptions {
-            reference: Some(fixture(name).join("reference.safetensors")),
-            reference_out: Some(out.clone()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = verify_saved(name, &pkg, &out).unwrap();
     assert!(r.pass, "{r}");
 
     let file = ReferenceFile::read(&out).unwrap();
@@ -226,15 +225,7 @@ fn logits_package_writes_logits() {
     let (tmp, _ck, pkg) = package(name, InputKind::Array, OutputKind::Logits);
     let refs = reference(name);
     let out = tmp.path().join("reference.json");
-    verify(
-        &pkg,
-        &VerifyOptions {
-            reference: Some(fixture(name).join("reference.safetensors")),
-            reference_out: Some(out.clone()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    verify_saved(name, &pkg, &out).unwrap();
     let file = ReferenceFile::read(&out).unwrap();
     assert_eq!(file.inputs.keys().collect::<Vec<_>>(), ["pixel_values"]);
     assert_eq!(file.outputs.keys().collect::<Vec<_>>(), ["logits"]);
@@ -253,15 +244,7 @@ fn unwritable_reference_out_is_a_typed_error_naming_the_file() {
     let name = "hf-vit-backbone";
     let (tmp, _ck, pkg) = package(name, InputKind::Array, OutputKind::Features);
     let out = tmp.path().join("no-such-folder").join("reference.json");
-    let err = verify(
-        &pkg,
-        &VerifyOptions {
-            reference: Some(fixture(name).join("reference.safetensors")),
-            reference_out: Some(out.clone()),
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
+    let err = verify_saved(name, &pkg, &out).unwrap_err();
     match &err {
         VerifyStageError::ReferenceOut { path, .. } => assert_eq!(path, &out),
         e => panic!("expected ReferenceOut, got {e:?}"),

@@ -68,3 +68,21 @@ pub fn converted(name: &str) -> (tempfile::TempDir, PathBuf) {
     .unwrap_or_else(|e| panic!("convert {name}: {e}"));
     (tmp, out)
 }
+
+/// 0..255 RGB planes `[N, 3, H, W]` that `pre` normalises back onto `pixels` (computed
+/// here, independently of the library's own conversion).
+pub fn raw_planes(
+    pixels: &[f32],
+    shape: &[usize],
+    pre: &mlx_coreml_pipeline::config::Preprocess,
+) -> Vec<f32> {
+    let plane = shape[2] * shape[3];
+    pixels
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let c = (i / plane) % 3;
+            (v * pre.std[c] + pre.mean[c]) * 255.0
+        })
+        .collect()
+}
