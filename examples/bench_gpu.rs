@@ -7,14 +7,14 @@
 //! `bench_gpu --configs vit-ti16:64:lora:float32,vit-b16:256:full:bfloat16 [--steps 10]
 //! [--warmup 3] [--device gpu|cpu]`
 
-use std::time::Instant;
+mod common;
 
 use mlx_coreml_pipeline::backend::{self, DeviceChoice};
 use mlx_coreml_pipeline::checkpoint::Checkpoint;
 use mlx_coreml_pipeline::convert::preset;
 use mlx_coreml_pipeline::model;
 use mlx_coreml_pipeline::rng::Rng;
-use mlx_coreml_pipeline::train::{self, optim::AdamW, step, LoraConfig, Precision};
+use mlx_coreml_pipeline::train::{self, LoraConfig, Precision};
 use mlx_rs::Array;
 
 struct Config {
@@ -74,27 +74,7 @@ fn run(c: &Config, steps: usize, warmup: usize) -> Result<f64, String> {
         .map_err(|e| e.to_string())?;
     let labels: Vec<i32> = (0..b).map(|i| i % classes).collect();
     let y = Array::from_slice(&labels, &[b]);
-    let mut vg = mlx_rs::nn::value_and_grad(step::loss);
-    let mut opt = AdamW::new(0.01);
-    let mut total = 0.0;
-    for i in 0..warmup + steps {
-        let t = Instant::now();
-        let out = step::compute(
-            &mut vit,
-            &mut vg,
-            &mut opt,
-            vec![(x.clone(), y.clone())],
-            1,
-            1.0,
-            1e-4,
-        )
-        .map_err(|e| e.to_string())?;
-        step::apply(&mut vit, out.updated);
-        if i >= warmup {
-            total += t.elapsed().as_secs_f64();
-        }
-    }
-    Ok(1000.0 * total / steps as f64)
+    common::mean_step_ms(&mut vit, &x, &y, warmup, steps, 1e-4).map_err(|e| e.to_string())
 }
 
 fn main() {

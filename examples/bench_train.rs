@@ -9,13 +9,12 @@
 mod common;
 
 use std::process::Command;
-use std::time::Instant;
 
 use mlx_coreml_pipeline::checkpoint::Checkpoint;
 use mlx_coreml_pipeline::convert::preset;
 use mlx_coreml_pipeline::model;
 use mlx_coreml_pipeline::rng::Rng;
-use mlx_coreml_pipeline::train::{self, optim::AdamW, step, LoraConfig};
+use mlx_coreml_pipeline::train::{self, LoraConfig};
 use mlx_rs::Array;
 
 struct Case {
@@ -70,29 +69,8 @@ fn child(preset_name: &str, batch: usize, mode: &str, checkpoint: bool, steps: u
     let x = Array::from_slice(&x, &[batch as i32, 3, s as i32, s as i32]);
     let labels: Vec<i32> = (0..batch).map(|i| (i % classes) as i32).collect();
     let y = Array::from_slice(&labels, &[batch as i32]);
-    let mut vg = mlx_rs::nn::value_and_grad(step::loss);
-    let mut opt = AdamW::new(0.01);
-    let warmup = 2;
-    let mut times = Vec::new();
     let _ = mlx_rs::memory::reset_peak_memory();
-    for i in 0..warmup + steps {
-        let t = Instant::now();
-        let out = step::compute(
-            &mut vit,
-            &mut vg,
-            &mut opt,
-            vec![(x.clone(), y.clone())],
-            1,
-            1.0,
-            1e-3,
-        )
-        .expect("step");
-        step::apply(&mut vit, out.updated);
-        if i >= warmup {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    let ms = 1000.0 * times.iter().sum::<f64>() / times.len() as f64;
+    let ms = common::mean_step_ms(&mut vit, &x, &y, 2, steps, 1e-3).expect("step");
     println!(
         "{ms} {} {} {}",
         batch as f64 * 1000.0 / ms,
