@@ -437,6 +437,10 @@ struct TrainArgs {
     /// Image decoding threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// CPU training: cores to spread each batch over, as parts of a few images computed at
+    /// once (0 = every available core, 1 = whole batches on one stream). Ignored on a GPU.
+    #[arg(long, default_value_t = 0)]
+    cpu_threads: usize,
     /// No random resized crop / flip.
     #[arg(long)]
     no_augment: bool,
@@ -488,6 +492,7 @@ impl TrainArgs {
             max_steps: self.max_steps,
             seed: self.seed,
             workers: self.workers,
+            cpu_threads: self.cpu_threads,
             augment: !self.no_augment,
             bad_images: if self.bad_images == "skip" {
                 BadImagePolicy::Skip

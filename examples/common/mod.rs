@@ -27,6 +27,11 @@ pub fn mean_step_ms(
     use mlx_coreml_pipeline::train::{optim::AdamW, step};
     let mut vg = mlx_rs::nn::value_and_grad(step::loss);
     let mut opt = AdamW::new(0.01);
+    let threads = std::env::var("BENCH_CPU_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let lanes = mlx_coreml_pipeline::train::lanes::Lanes::for_default_device(threads);
     let mut total = 0.0;
     for i in 0..warmup + steps {
         let t = std::time::Instant::now();
@@ -38,6 +43,7 @@ pub fn mean_step_ms(
             1,
             1.0,
             lr,
+            &lanes,
         )?;
         step::apply(vit, out.updated);
         if i >= warmup {

@@ -68,5 +68,6 @@ pub fn from_checkpoint(ck: &Checkpoint) -> Result<Vit, ModelError> {
         config: c.clone(),
         grad_checkpoint: false,
         compute_dtype: mlx_rs::Dtype::Float32,
+        dropout_seed: None,
     })
 }

@@ -30,6 +30,8 @@ pub struct Vit {
     /// to it at use (the stored ones stay as they are: float32 masters while training)
     /// and so are the pixels; outputs come out in it.
     pub compute_dtype: mlx_rs::Dtype,
+    /// The step's LoRA dropout seed (each layer derives its own from it).
+    pub dropout_seed: Option<u64>,
 }
 
 /// Everything a forward pass produces.
@@ -153,9 +155,15 @@ impl Vit {
 
     /// Sets (or clears) the per-step dropout seeds of every LoRA layer.
     pub fn set_dropout_seed(&mut self, seed: Option<u64>) {
+        self.dropout_seed = seed;
         for (i, (_, l)) in self.block_linears_mut().into_iter().enumerate() {
             l.dropout_seed = seed.map(|s| s.wrapping_mul(0x9E37_79B9).wrapping_add(i as u64));
         }
+    }
+
+    /// The seed last given to [`Vit::set_dropout_seed`].
+    pub fn dropout_seed(&self) -> Option<u64> {
+        self.dropout_seed
     }
 
     /// Folds every LoRA adapter into its layer.

@@ -5,6 +5,7 @@
 //! `adapters/` (LoRA) or `model/` (full), `metrics.jsonl`, `curves.png` and `summary.*`.
 
 pub mod adapters;
+pub mod lanes;
 pub mod lora;
 pub mod loss;
 pub mod metrics;
@@ -123,6 +124,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Decoding/augmentation threads.
     pub workers: usize,
+    /// CPU training: parts of each batch computed at once, one per core (0: one per
+    /// available core; 1: the whole batch in one pass). Ignored on a GPU.
+    pub cpu_threads: usize,
     /// Random resized crop + horizontal flip on training images.
     pub augment: bool,
     pub bad_images: BadImagePolicy,
@@ -153,6 +157,7 @@ impl Default for TrainConfig {
             max_steps: 0,
             seed: 0,
             workers: 2,
+            cpu_threads: 0,
             augment: true,
             bad_images: BadImagePolicy::Fail,
         }

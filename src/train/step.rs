@@ -8,6 +8,7 @@ use std::rc::Rc;
 use mlx_rs::module::{FlattenedModuleParam, ModuleParameters};
 use mlx_rs::{array, error::Exception, Array};
 
+use super::lanes::Lanes;
 use super::loss::cross_entropy;
 use super::optim::{self, AdamW};
 use crate::model::Vit;
@@ -38,6 +39,11 @@ pub fn trainable(vit: &Vit) -> BTreeMap<String, Array> {
 
 /// Computes one step over `micro` batches (averaged as if `accum` were there). The
 /// caller checks the loss and norm before applying the update with [`apply`].
+///
+/// With parallel [`Lanes`] each micro-batch is cut into parts of a few images that run
+/// on the lanes at once; the result is the same mean over the batch (parts are weighted
+/// by their size). Each part gets its own LoRA dropout masks.
+#[allow(clippy::too_many_arguments)]
 pub fn compute<F>(
     vit: &mut Vit,
     value_and_grad: &mut F,
@@ -46,20 +52,84 @@ pub fn compute<F>(
     accum: usize,
     clip_norm: f32,
     lr: f32,
+    lanes: &Lanes,
 ) -> Result<StepOutput, Exception>
 where
     F: FnMut(&mut Vit, (Array, Array)) -> Result<(Array, FlattenedModuleParam), Exception>,
 {
+    if micro.is_empty() {
+        return Err(Exception::custom("a step needs at least one batch"));
+    }
+    if lanes.is_parallel() {
+        // Lane threads can only run work queued on their own streams: anything still lazy
+        // (inputs, parameters cast at load) is computed here first.
+        let params = vit.parameters().flatten();
+        let inputs = micro.iter().flat_map(|(x, y)| [x, y]);
+        mlx_rs::transforms::eval(params.values().copied().chain(inputs))?;
+    }
+    // Each part's share of the step's mean: its share of its micro-batch, over `accum`.
+    let mut parts: Vec<(usize, (Array, Array), f32)> = Vec::new();
+    for (x, y) in micro {
+        let n = x.shape().first().copied().unwrap_or(0).max(0) as usize;
+        let tokens = tokens_per_image(vit, &x);
+        let size = lanes.part_size(n, tokens);
+        let share = |k: usize| k as f32 / n.max(1) as f32 / accum.max(1) as f32;
+        if size >= n {
+            parts.push((0, (x, y), share(n)));
+            continue;
+        }
+        for start in (0..n).step_by(size) {
+            let end = (start + size).min(n);
+            let lane = parts.len() % lanes.count();
+            // The slices belong to the lane: an array evaluated on a lane thread must not
+            // depend on work queued on this thread's stream.
+            let _on = lanes.enter(lane);
+            let idx: Vec<i32> = (start as i32..end as i32).collect();
+            let idx = Array::from_slice(&idx, &[idx.len() as i32]);
+            parts.push((
+                lane,
+                (x.take_axis(&idx, 0)?, y.take_axis(&idx, 0)?),
+                share(end - start),
+            ));
+        }
+    }
+    // Equal shares (the usual case) are applied once, as scalars, to the loss, the norm and
+    // the optimizer's gradient scale instead of a pass over every gradient per part.
+    let common = parts[0].2;
+    let equal = parts.iter().all(|p| p.2 == common);
+    let base_seed = vit.dropout_seed();
     let mut grads: BTreeMap<String, Array> = BTreeMap::new();
     let mut loss_sum: Option<Array> = None;
-    for xy in micro {
-        let (l, g) = value_and_grad(vit, xy)?;
+    let mut lane_work: Vec<Vec<Vec<Array>>> = vec![Vec::new(); lanes.count()];
+    for (index, (lane, xy, share)) in parts.into_iter().enumerate() {
+        if index > 0 {
+            vit.set_dropout_seed(base_seed.map(|s| part_seed(s, index)));
+        }
+        let (l, g) = {
+            let _on = lanes.enter(lane);
+            let (l, g) = value_and_grad(vit, xy)?;
+            let mut g: BTreeMap<String, Array> =
+                g.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            if equal {
+                (l, g)
+            } else {
+                let w = array!(share);
+                for v in g.values_mut() {
+                    *v = v.multiply(&w)?;
+                }
+                (l.multiply(&w)?, g)
+            }
+        };
+        if lanes.is_parallel() {
+            let mut group = vec![l.clone()];
+            group.extend(backward_order(g.keys()).iter().map(|k| g[k].clone()));
+            lane_work[lane].push(group);
+        }
         loss_sum = Some(match loss_sum {
             Some(acc) => acc.add(&l)?,
             None => l,
         });
         for (k, v) in g {
-            let k = k.to_string();
             let v = match grads.remove(&k) {
                 Some(acc) => acc.add(&v)?,
                 None => v,
@@ -67,26 +137,23 @@ where
             grads.insert(k, v);
         }
     }
+    vit.set_dropout_seed(base_seed);
     let loss_sum = loss_sum.ok_or_else(|| Exception::custom("a step needs at least one batch"))?;
-    let (loss, grads) = if accum > 1 {
-        let scale = array!(1.0 / accum as f32);
-        let grads = grads
-            .into_iter()
-            .map(|(k, g)| Ok((k, g.multiply(&scale)?)))
-            .collect::<Result<BTreeMap<_, _>, Exception>>()?;
-        (loss_sum.multiply(&scale)?, grads)
-    } else {
-        (loss_sum, grads)
-    };
+    let share = array!(if equal { common } else { 1.0 });
+    let loss = loss_sum.multiply(&share)?;
     let order = backward_order(grads.keys());
-    let norm = optim::global_norm(order.iter().map(|k| &grads[k.as_str()]))?;
+    let norm = optim::global_norm(order.iter().map(|k| &grads[k.as_str()]))?.multiply(&share)?;
     let scale = if clip_norm > 0.0 {
-        optim::clip_factor(&norm, clip_norm)?
+        optim::clip_factor(&norm, clip_norm)?.multiply(&share)?
     } else {
-        array!(1.0f32)
+        share
     };
     let updated = opt.update_scaled(&trainable(vit), &grads, lr, &scale)?;
-    // One evaluation per step: loss, norm, new parameters and optimizer state.
+    if lanes.is_parallel() {
+        lanes.eval(lane_work)?;
+    }
+    // One evaluation per step: loss, norm, new parameters and optimizer state (after the
+    // lanes, only the sums and the update are left).
     let mut outputs: Vec<&Array> = vec![&loss, &norm];
     outputs.extend(order.iter().filter_map(|k| updated.get(k.as_str())));
     outputs.extend(opt.state_arrays());
@@ -96,6 +163,23 @@ where
         grad_norm: norm.item_exact::<f32>(),
         updated,
     })
+}
+
+/// Tokens per image of `pixels` `[B, C, H, W]` for this model (patches plus prefix).
+fn tokens_per_image(vit: &Vit, pixels: &Array) -> usize {
+    let p = vit.config.patch_size.max(1);
+    let s = pixels.shape();
+    let (h, w) = (
+        s.get(2).copied().unwrap_or(0).max(0) as usize,
+        s.get(3).copied().unwrap_or(0).max(0) as usize,
+    );
+    (h / p) * (w / p) + vit.config.num_prefix_tokens()
+}
+
+/// Dropout seed of part `index` (> 0) of a step whose seed is `seed`: every part, and
+/// every micro-batch, draws its own masks.
+fn part_seed(seed: u64, index: usize) -> u64 {
+    (seed ^ 0xD1B5_4A32_D192_ED03).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ index as u64)
 }
 
 /// Parameter names in the order their gradients should be asked of MLX: embeddings, then

@@ -61,6 +61,8 @@ pub struct TrainReport {
     /// Where MLX computed: `cpu`, or `gpu` with the GPU's name.
     pub device: String,
     pub precision: super::Precision,
+    /// Parts of each batch computed at once (CPU cores used; 1 on a GPU).
+    pub lanes: usize,
 }
 
 /// MLX's default device in words, for the summary.
@@ -369,6 +371,7 @@ pub fn train(
     ));
 
     let mut value_and_grad = mlx_rs::nn::value_and_grad(step::loss);
+    let lanes = super::lanes::Lanes::for_default_device(cfg.cpu_threads);
 
     let mut last_loss = None;
     let mut final_eval = None;
@@ -424,6 +427,7 @@ pub fn train(
                 cfg.grad_accum,
                 cfg.clip_norm,
                 lr,
+                &lanes,
             )?;
             let (loss_v, norm_v, updated) = (out.loss, out.grad_norm, out.updated);
             for (what, value) in [("loss", loss_v), ("gradient norm", norm_v)] {
@@ -540,6 +544,7 @@ pub fn train(
     let report = TrainReport {
         device: device_in_words(),
         precision: cfg.precision,
+        lanes: lanes.count(),
         run: run.to_path_buf(),
         steps: counters.step,
         epochs_completed: counters.epoch,
