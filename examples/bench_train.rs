@@ -2,9 +2,10 @@
 //! minimal Python MLX loop on the same shapes and random inputs.
 //!
 //! `bash scripts/setup-bench.sh` once (Python MLX 0.32.2 in .mlx/bench-venv, OpenBLAS),
-//! then `cargo run --release --example bench_train [-- --quick]`.
+//! then `cargo run --release --example bench_train [-- --quick] [-- --repeats N]`.
 //!
-//! Each configuration runs in a child process so its peak RSS is its own.
+//! Each configuration runs in a child process so its peak RSS is its own. Our step uses
+//! every core through the trainer's lanes (`BENCH_CPU_THREADS=1` for one stream).
 
 mod common;
 
@@ -131,6 +132,27 @@ fn python_mlx(c: &Case, steps: usize) -> Option<Vec<f64>> {
     ])
 }
 
+/// The run with the median step time; peak memory is the largest of all runs.
+fn median_run(runs: &[Vec<f64>]) -> Option<Vec<f64>> {
+    let mut sorted: Vec<&Vec<f64>> = runs.iter().filter(|r| r.len() >= 3).collect();
+    sorted.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    let mut m = (*sorted.get(sorted.len().checked_sub(1)? / 2)?).clone();
+    for (i, v) in m.iter_mut().enumerate().skip(2) {
+        *v = runs
+            .iter()
+            .filter_map(|r| r.get(i))
+            .fold(0.0, |a, &b| a.max(b));
+    }
+    Some(m)
+}
+
+/// `min-max` of the step times.
+fn range(runs: &[Vec<f64>]) -> String {
+    let t = runs.iter().filter_map(|r| r.first());
+    let (lo, hi) = t.fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    format!("{lo:.0}-{hi:.0}")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
@@ -150,6 +172,13 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1));
     let steps = if quick { 2 } else { 5 };
+    // This machine's speed drifts by 10-20% between runs, so each configuration runs ours
+    // and Python's alternately `repeats` times and the medians are compared.
+    let repeats: usize = args
+        .iter()
+        .position(|a| a == "--repeats")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 });
     let mut cases = vec![
         Case {
             preset: "vit-ti16",
@@ -183,7 +212,7 @@ fn main() {
     if let Some(o) = only {
         cases.retain(|c| format!("{}{}", c.preset, if c.checkpoint { "-ckpt" } else { "" }) == *o);
     }
-    println!("| model | batch | mode | grad ckpt | ours ms/step | ours img/s | ours peak RSS | ours MLX peak | Python MLX ms/step | Python MLX peak RSS | speed ratio |");
+    println!("| model | batch | mode | grad ckpt | ours ms/step (median, range) | ours img/s | ours peak RSS | ours MLX peak | Python MLX ms/step (median, range) | Python MLX peak RSS | speed ratio |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for c in &cases {
         let dir = bench_dir().join(c.preset);
@@ -197,33 +226,38 @@ fn main() {
             (c.checkpoint as u8).to_string(),
             steps.to_string(),
         ];
-        let Some(ours) = run_child(&a) else {
+        let mut ours_runs: Vec<Vec<f64>> = Vec::new();
+        let mut py_runs: Vec<Vec<f64>> = Vec::new();
+        for _ in 0..repeats {
+            ours_runs.extend(run_child(&a));
+            if !c.checkpoint {
+                py_runs.extend(python_mlx(c, steps));
+            }
+        }
+        let Some(ours) = median_run(&ours_runs) else {
             println!(
                 "| {} | {} | {} | {} | failed |",
                 c.preset, c.batch, c.mode, c.checkpoint
             );
             continue;
         };
-        let py = if c.checkpoint {
-            None
-        } else {
-            python_mlx(c, steps)
-        };
+        let py = median_run(&py_runs);
         let (py_ms, py_rss, ratio) = match &py {
             Some(p) => (
-                format!("{:.0}", p[0]),
+                format!("{:.0} ({})", p[0], range(&py_runs)),
                 format!("{:.2} GB", p[2] / 1e9),
                 format!("{:.2}x", p[0] / ours[0]),
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} GB | {:.2} GB | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} ({}) | {:.2} | {:.2} GB | {:.2} GB | {} | {} | {} |",
             c.preset,
             c.batch,
             c.mode,
             c.checkpoint,
             ours[0],
+            range(&ours_runs),
             ours[1],
             ours[2] / 1e9,
             ours.get(3).copied().unwrap_or(0.0) / 1e9,

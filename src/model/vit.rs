@@ -100,8 +100,11 @@ impl Vit {
     /// The forward pass once parameters and pixels are in the compute dtype.
     fn forward_cast(&self, pixels: &Array) -> Result<VitOutput, Exception> {
         let mut x = self.embeddings().forward(pixels)?;
-        for block in &self.blocks {
-            x = if self.grad_checkpoint {
+        let last = self.blocks.len().saturating_sub(1);
+        for (i, block) in self.blocks.iter().enumerate() {
+            // The last block's backward pass starts right after its forward one: recomputing
+            // it would only repeat work, and its activations are alive at that point anyway.
+            x = if self.grad_checkpoint && i < last {
                 block.forward_checkpointed(&x)?
             } else {
                 block.forward(&x)?

@@ -55,7 +55,7 @@ impl Lanes {
         if n < 2 {
             return Lanes::single();
         }
-        limit_malloc_arenas(n);
+        limit_malloc_arenas();
         let streams = (0..n)
             .map(|_| {
                 // SAFETY: plain constructors; the device handle is freed after use.
@@ -209,10 +209,12 @@ impl Drop for BlasThreads {
     }
 }
 
-/// glibc gives each thread that allocates its own arena and keeps freed buffers in them:
-/// with lane threads allocating activations, ViT-B's checkpointed step sat at 874 MB of
-/// resident memory with the default limit (8 per core) and 761 MB with one arena per lane.
-fn limit_malloc_arenas(lanes: usize) {
+/// glibc gives threads that allocate at once arenas of their own, and memory freed in one
+/// arena is not reused by the others: with lane threads allocating activations, ViT-B's
+/// checkpointed step (batch 8) peaked at 874 MB resident with glibc's default limit (8
+/// per core), 741-752 MB with two arenas and 729-734 MB with one. The lanes allocate a
+/// few thousand buffers per step, so sharing one arena's lock costs nothing measurable.
+fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         extern "C" {
@@ -222,9 +224,7 @@ fn limit_malloc_arenas(lanes: usize) {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
             // SAFETY: mallopt only adjusts allocator tuning.
-            unsafe { mallopt(M_ARENA_MAX, lanes.clamp(1, 64) as std::ffi::c_int) };
+            unsafe { mallopt(M_ARENA_MAX, 1) };
         });
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = lanes;
 }
