@@ -238,6 +238,9 @@ fn killed_run_resumes_to_the_same_weights() {
             "5",
             "--lora-dropout",
             "0.1",
+            // Batches split over two lanes whatever the machine's core count.
+            "--cpu-threads",
+            "2",
             "--quiet",
         ]
         .iter()
@@ -247,6 +250,9 @@ fn killed_run_resumes_to_the_same_weights() {
     // Uninterrupted reference run.
     let full = tmp.path().join("full");
     assert!(pipeline().args(args(&full)).status().unwrap().success());
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(full.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["lanes"], 2, "{summary}");
 
     // Same run, killed with SIGKILL once it has saved a few steps, then resumed.
     let killed = tmp.path().join("killed");

@@ -699,6 +699,7 @@ fn write_summary(run: &Path, r: &TrainReport) -> Result<(), TrainError> {
     }
     let _ = writeln!(md, "| device | {} |", r.device);
     let _ = writeln!(md, "| precision | {:?} |", r.precision);
+    let _ = writeln!(md, "| lanes (batch parts computed at once) | {} |", r.lanes);
     let _ = writeln!(md, "| throughput | {:.2} images/s |", r.images_per_second);
     let _ = writeln!(
         md,
