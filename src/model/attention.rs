@@ -114,7 +114,7 @@ mod tests {
             };
             let mut vg = mlx_rs::transforms::value_and_grad_with_argnums(f, &[0, 1, 2][..]);
             let (value, grads) = vg(&[q.clone(), k.clone(), v.clone()]).unwrap();
-            let mut out = vec![value[0].item::<f32>()];
+            let mut out = vec![value[0].item_exact::<f32>()];
             for g in grads {
                 out.extend(crate::model::to_host(&g).unwrap());
             }
