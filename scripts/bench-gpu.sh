@@ -19,7 +19,7 @@ mkdir -p "$out"
 bundle="$root/gpu-bundle"
 work="$root/target/gpu-work"
 steps=${BENCH_STEPS:-8}
-warmup=${BENCH_WARMUP:-3}
+warmup=${BENCH_WARMUP:-10}
 log() { echo "bench-gpu: $*" >&2; }
 
 # 1. MLX's CUDA build, reassembled and checked, laid out as `setup.sh --cuda` does.
