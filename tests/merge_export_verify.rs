@@ -33,11 +33,7 @@ fn base_and_adapters(dir: &Path, fixture_name: &str) -> (PathBuf, PathBuf) {
     };
     let layers = train::lora::attach(&mut vit, &cfg, 1).unwrap();
     let mut rng = Rng::new(11);
-    for (_, l) in vit.block_linears_mut() {
-        let b = l.lora_b.value.clone().unwrap();
-        let v: Vec<f32> = (0..b.size()).map(|_| rng.normal() * 0.05).collect();
-        l.lora_b.value = Some(Array::from_slice(&v, b.shape()));
-    }
+    common::random_lora_b(&mut vit, &mut rng, 0.05);
     let d = ck.config.hidden_size;
     let w: Vec<f32> = (0..4 * d).map(|_| rng.normal() * 0.2).collect();
     vit.head.weight.value = Some(Array::from_slice(&w, &[4, d as i32]));

@@ -18,18 +18,10 @@ fn lora_model(fixture: &str, seed: u64) -> (tempfile::TempDir, Vit) {
     let ck = Checkpoint::load(&dir).unwrap();
     let mut vit = model::from_checkpoint(&ck).unwrap();
     let mut rng = Rng::new(seed);
-    let d = ck.config.hidden_size;
-    let w: Vec<f32> = (0..3 * d).map(|_| rng.normal() * 0.1).collect();
-    vit.head.weight.value = Some(Array::from_slice(&w, &[3, d as i32]));
-    vit.head.bias.value = Some(Array::from_slice(&[0.0f32; 3], &[3]));
+    common::random_head(&mut vit, &mut rng, 3, 0.1);
     let cfg = train::TrainConfig::default();
     train::lora::attach(&mut vit, &cfg.lora, seed).unwrap();
-    // Non-zero B so the adapters take part in the forward pass.
-    for (_, l) in vit.block_linears_mut() {
-        let b = l.lora_b.value.clone().unwrap();
-        let v: Vec<f32> = (0..b.size()).map(|_| rng.normal() * 0.1).collect();
-        l.lora_b.value = Some(Array::from_slice(&v, b.shape()));
-    }
+    common::random_lora_b(&mut vit, &mut rng, 0.1);
     train::set_trainable(&mut vit, &cfg, true);
     (t, vit)
 }

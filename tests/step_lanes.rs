@@ -18,10 +18,7 @@ fn model(mode: train::Mode, lora_dropout: f32) -> (tempfile::TempDir, Vit) {
     let ck = Checkpoint::load(&dir).unwrap();
     let mut vit = model::from_checkpoint(&ck).unwrap();
     let mut rng = Rng::new(11);
-    let d = ck.config.hidden_size;
-    let w: Vec<f32> = (0..3 * d).map(|_| rng.normal() * 0.1).collect();
-    vit.head.weight.value = Some(Array::from_slice(&w, &[3, d as i32]));
-    vit.head.bias.value = Some(Array::from_slice(&[0.0f32; 3], &[3]));
+    common::random_head(&mut vit, &mut rng, 3, 0.1);
     let mut cfg = train::TrainConfig {
         mode,
         ..Default::default()
@@ -29,12 +26,8 @@ fn model(mode: train::Mode, lora_dropout: f32) -> (tempfile::TempDir, Vit) {
     cfg.lora.dropout = lora_dropout;
     if mode == train::Mode::Lora {
         train::lora::attach(&mut vit, &cfg.lora, 5).unwrap();
-        // Non-zero B so the adapters (and their dropout) change the output.
-        for (_, l) in vit.block_linears_mut() {
-            let b = l.lora_b.value.clone().unwrap();
-            let v: Vec<f32> = (0..b.size()).map(|_| rng.normal() * 0.1).collect();
-            l.lora_b.value = Some(Array::from_slice(&v, b.shape()));
-        }
+        // So the adapters (and their dropout) change the output.
+        common::random_lora_b(&mut vit, &mut rng, 0.1);
     }
     train::set_trainable(&mut vit, &cfg, true);
     (t, vit)
@@ -124,30 +117,14 @@ fn lanes_compute_the_whole_batch_step() {
     for mode in [train::Mode::Lora, train::Mode::Full] {
         // Even parts (2 + 2), uneven ones (3 + 2, 3 + 3 + 1: weighted by size), and
         // accumulation over two micro-batches split in turn.
-        let reference = run(mode, 4, &single, 1);
-        assert_same(
-            &reference,
-            &run(mode, 4, &two, 1),
-            &format!("{mode:?} 4 on 2"),
-        );
-        let reference = run(mode, 5, &single, 1);
-        assert_same(
-            &reference,
-            &run(mode, 5, &two, 1),
-            &format!("{mode:?} 5 on 2"),
-        );
-        let reference = run(mode, 7, &single, 1);
-        assert_same(
-            &reference,
-            &run(mode, 7, &three, 1),
-            &format!("{mode:?} 7 on 3"),
-        );
-        let reference = run(mode, 3, &single, 2);
-        assert_same(
-            &reference,
-            &run(mode, 3, &two, 2),
-            &format!("{mode:?} 2x3 on 2"),
-        );
+        for (n, lanes, micro) in [(4, &two, 1), (5, &two, 1), (7, &three, 1), (3, &two, 2)] {
+            let what = format!("{mode:?} {micro}x{n} on {}", lanes.count());
+            assert_same(
+                &run(mode, n, &single, micro),
+                &run(mode, n, lanes, micro),
+                &what,
+            );
+        }
     }
 }
 

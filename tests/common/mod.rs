@@ -86,3 +86,34 @@ pub fn raw_planes(
         })
         .collect()
 }
+
+/// A random classification head with `classes` outputs (weights N(0, scale²), zero bias).
+#[cfg(feature = "mlx")]
+pub fn random_head(
+    vit: &mut mlx_coreml_pipeline::model::Vit,
+    rng: &mut mlx_coreml_pipeline::rng::Rng,
+    classes: usize,
+    scale: f32,
+) {
+    use mlx_rs::Array;
+    let d = vit.config.hidden_size;
+    let w: Vec<f32> = (0..classes * d).map(|_| rng.normal() * scale).collect();
+    vit.head.weight.value = Some(Array::from_slice(&w, &[classes as i32, d as i32]));
+    vit.head.bias.value = Some(Array::from_slice(&vec![0.0f32; classes], &[classes as i32]));
+}
+
+/// Non-zero LoRA B matrices (N(0, scale²)): attached adapters start at B = 0, which would
+/// leave them out of the forward pass and their A matrices without gradient.
+#[cfg(feature = "mlx")]
+pub fn random_lora_b(
+    vit: &mut mlx_coreml_pipeline::model::Vit,
+    rng: &mut mlx_coreml_pipeline::rng::Rng,
+    scale: f32,
+) {
+    use mlx_rs::Array;
+    for (_, l) in vit.block_linears_mut() {
+        let b = l.lora_b.value.clone().unwrap();
+        let v: Vec<f32> = (0..b.size()).map(|_| rng.normal() * scale).collect();
+        l.lora_b.value = Some(Array::from_slice(&v, b.shape()));
+    }
+}
