@@ -180,18 +180,12 @@ fn cli_export_then_verify_against_mlx_and_catch_a_wrong_model() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let o = pipeline()
-            .arg("verify")
-            .arg(&pkg)
-            .arg("--model")
-            .arg(&merged)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            o.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&o.stderr)
+        let text = run_ok(
+            pipeline()
+                .arg("verify")
+                .arg(&pkg)
+                .arg("--model")
+                .arg(&merged),
         );
         assert!(text.contains("PASS"), "{text}");
         let report: serde_json::Value = serde_json::from_str(

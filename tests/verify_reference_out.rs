@@ -201,19 +201,15 @@ fn array_features_writes_pixel_values_embedding_and_tokens() {
         file.outputs.keys().collect::<Vec<_>>(),
         ["embedding", "tokens"]
     );
-    let embedding = &file.outputs["embedding"];
-    assert_eq!(embedding.shape, refs["pooled"].shape);
-    assert_eq!(embedding.shape, [3, 48]);
-    assert_close("embedding", &embedding.data, &refs["pooled"].data, 1e-6);
-    let tokens = &file.outputs["tokens"];
-    assert_eq!(tokens.shape, refs["last_hidden_state"].shape);
-    assert_eq!(tokens.shape, [3, 21, 48]);
-    assert_close(
-        "tokens",
-        &tokens.data,
-        &refs["last_hidden_state"].data,
-        1e-6,
-    );
+    for (output, reference, shape) in [
+        ("embedding", "pooled", &[3, 48][..]),
+        ("tokens", "last_hidden_state", &[3, 21, 48][..]),
+    ] {
+        let got = &file.outputs[output];
+        assert_eq!(got.shape, refs[reference].shape, "{output}");
+        assert_eq!(got.shape, shape, "{output}");
+        assert_close(output, &got.data, &refs[reference].data, 1e-6);
+    }
     assert_eq!(file.class_labels, None);
 
     check_schema(&[("features", &out)]);
@@ -260,20 +256,14 @@ fn cli_verify_reference_out() {
     let name = "hf-vit-backbone";
     let (tmp, _ck, pkg) = package(name, InputKind::Array, OutputKind::Features);
     let out = tmp.path().join("bench-reference.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .arg("verify")
-        .arg(&pkg)
-        .arg("--reference")
-        .arg(fixture(name).join("reference.safetensors"))
-        .arg("--reference-out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&o.stderr)
+    let stdout = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .arg("verify")
+            .arg(&pkg)
+            .arg("--reference")
+            .arg(fixture(name).join("reference.safetensors"))
+            .arg("--reference-out")
+            .arg(&out),
     );
     assert!(stdout.contains(&out.display().to_string()), "{stdout}");
     let file = ReferenceFile::read(&out).unwrap();

@@ -117,3 +117,16 @@ pub fn random_lora_b(
         l.lora_b.value = Some(Array::from_slice(&v, b.shape()));
     }
 }
+
+/// Runs a command that must succeed and returns its standard output; a failure shows
+/// both streams.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let o = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
