@@ -48,6 +48,27 @@ fn verify_saved(
     )
 }
 
+/// Exports `name` as an array-input package, verifies it against its saved reference with
+/// `--reference-out`, and reads back the written file (also returned: its path, the
+/// fixture's reference tensors).
+fn saved_reference(
+    name: &str,
+    output: OutputKind,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    ReferenceFile,
+    std::collections::BTreeMap<String, Tensor>,
+) {
+    let (tmp, _ck, pkg) = package(name, InputKind::Array, output);
+    let out = tmp.path().join("reference.json");
+    let r = verify_saved(name, &pkg, &out).unwrap();
+    assert!(r.pass, "{r}");
+    let file = ReferenceFile::read(&out).unwrap();
+    file.check().unwrap();
+    (tmp, out, file, reference(name))
+}
+
 fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{name}: length");
     let d = max_abs_diff(got, want);
@@ -183,15 +204,7 @@ fn image_classifier_writes_raw_pixels_and_class_probabilities() {
 #[test]
 fn array_features_writes_pixel_values_embedding_and_tokens() {
     // Registers: tokens are [N, 21, D]; the reference's `_interp` tensors are not used.
-    let name = "hf-dinov2-registers";
-    let (tmp, _ck, pkg) = package(name, InputKind::Array, OutputKind::Features);
-    let refs = reference(name);
-    let out = tmp.path().join("reference.json");
-    let r = verify_saved(name, &pkg, &out).unwrap();
-    assert!(r.pass, "{r}");
-
-    let file = ReferenceFile::read(&out).unwrap();
-    file.check().unwrap();
+    let (_tmp, out, file, refs) = saved_reference("hf-dinov2-registers", OutputKind::Features);
     assert_eq!(file.inputs.keys().collect::<Vec<_>>(), ["pixel_values"]);
     let pv = &file.inputs["pixel_values"];
     assert_eq!(pv.shape, [3, 3, 28, 28]);
@@ -217,12 +230,7 @@ fn array_features_writes_pixel_values_embedding_and_tokens() {
 
 #[test]
 fn logits_package_writes_logits() {
-    let name = "timm-vit-classifier";
-    let (tmp, _ck, pkg) = package(name, InputKind::Array, OutputKind::Logits);
-    let refs = reference(name);
-    let out = tmp.path().join("reference.json");
-    verify_saved(name, &pkg, &out).unwrap();
-    let file = ReferenceFile::read(&out).unwrap();
+    let (_tmp, _out, file, refs) = saved_reference("timm-vit-classifier", OutputKind::Logits);
     assert_eq!(file.inputs.keys().collect::<Vec<_>>(), ["pixel_values"]);
     assert_eq!(file.outputs.keys().collect::<Vec<_>>(), ["logits"]);
     assert_eq!(file.outputs["logits"].shape, [3, 5]);
