@@ -1,0 +1,139 @@
+//! The finish phase: the trained model (`adapters/` or `model/`), `metrics.jsonl`,
+//! `curves.png` and the summary.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use super::saves::save_output;
+use super::{io, Metrics, Plan, State, Tally, TrainReport};
+use crate::train::{plot, BestMetric, Mode, TrainError};
+
+/// Writes the run's outputs and returns its report.
+pub(super) fn finish(
+    plan: &Plan,
+    st: &State,
+    metrics: &Metrics,
+    tally: Tally,
+    lanes: usize,
+    started: Instant,
+) -> Result<TrainReport, TrainError> {
+    let (cfg, run) = (&plan.cfg, plan.run.as_path());
+    let output = match cfg.mode {
+        Mode::Lora => run.join("adapters"),
+        Mode::Full => run.join("model"),
+    };
+    save_output(&output, &st.vit, &plan.output_spec())?;
+    metrics.rewrite()?;
+    write_curves(run, &metrics.history);
+    let counters = &st.counters;
+    let report = TrainReport {
+        device: device_in_words(),
+        precision: cfg.precision,
+        lanes,
+        run: run.to_path_buf(),
+        steps: counters.step,
+        epochs_completed: counters.epoch,
+        final_train_loss: tally.last_loss,
+        final_eval: tally.final_eval,
+        best: counters.best.map(|(s, at)| {
+            (
+                if cfg.best_metric == BestMetric::ValLoss {
+                    -s
+                } else {
+                    s
+                },
+                at,
+            )
+        }),
+        best_metric: cfg.best_metric,
+        images_per_second: tally.images as f64 / tally.train_seconds.max(1e-9),
+        data_wait_fraction: tally.wait_seconds / tally.train_seconds.max(1e-9),
+        skipped_images: counters.skipped_images,
+        trainable_parameters: plan.trainable_parameters,
+        total_parameters: plan.total_parameters,
+        stopped_early: tally.stopped_early,
+        output,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_summary(run, &report)?;
+    Ok(report)
+}
+
+/// MLX's default device in words, for the summary.
+fn device_in_words() -> String {
+    match mlx_rs::Device::try_default().and_then(|d| d.get_type()) {
+        Ok(mlx_rs::DeviceType::Gpu) => match crate::backend::gpu_name() {
+            Some(name) => format!("gpu ({name})"),
+            None => "gpu".into(),
+        },
+        Ok(mlx_rs::DeviceType::Cpu) => "cpu".into(),
+        Err(_) => "unknown".into(),
+    }
+}
+
+fn write_curves(run: &Path, history: &[serde_json::Value]) {
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        history
+            .iter()
+            .filter_map(|v| Some((v["step"].as_f64()?, v[key].as_f64()?)))
+            .collect()
+    };
+    // A missing plot is not worth failing a finished run over.
+    let _ = plot::write(
+        &run.join("curves.png"),
+        &series("loss"),
+        &series("val_loss"),
+        &series("val_top1"),
+        &series("lr"),
+    );
+}
+
+fn write_summary(run: &Path, r: &TrainReport) -> Result<(), TrainError> {
+    let json = run.join("summary.json");
+    crate::fsutil::write_file_atomically(
+        &json,
+        serde_json::to_string_pretty(r).expect("json").as_bytes(),
+    )
+    .map_err(io(&json))?;
+    let mut md = Vec::new();
+    let _ = writeln!(md, "# Training summary\n");
+    let _ = writeln!(md, "| | |\n|---|---|");
+    let _ = writeln!(
+        md,
+        "| steps | {} ({} epochs) |",
+        r.steps, r.epochs_completed
+    );
+    if let Some(l) = r.final_train_loss {
+        let _ = writeln!(md, "| final training loss | {l:.4} |");
+    }
+    if let Some(e) = &r.final_eval {
+        let _ = writeln!(md, "| validation loss | {:.4} |", e.loss);
+        let _ = writeln!(md, "| validation top-1 | {:.2}% |", 100.0 * e.top1);
+        if let Some(t5) = e.top5 {
+            let _ = writeln!(md, "| validation top-5 | {:.2}% |", 100.0 * t5);
+        }
+    }
+    if let Some((v, s)) = r.best {
+        let _ = writeln!(md, "| best {:?} | {v:.4} at step {s} |", r.best_metric);
+    }
+    let _ = writeln!(md, "| device | {} |", r.device);
+    let _ = writeln!(md, "| precision | {:?} |", r.precision);
+    let _ = writeln!(md, "| lanes (batch parts computed at once) | {} |", r.lanes);
+    let _ = writeln!(md, "| throughput | {:.2} images/s |", r.images_per_second);
+    let _ = writeln!(
+        md,
+        "| time waiting for data | {:.1}% |",
+        100.0 * r.data_wait_fraction
+    );
+    let _ = writeln!(md, "| skipped images | {} |", r.skipped_images);
+    let _ = writeln!(
+        md,
+        "| trainable parameters | {} of {} |",
+        r.trainable_parameters, r.total_parameters
+    );
+    let _ = writeln!(md, "| output | {} |", r.output.display());
+    let _ = writeln!(md, "\nCurves: `curves.png` (top: training loss blue, validation loss orange; middle: validation top-1; bottom: learning rate).");
+    let path = run.join("summary.md");
+    crate::fsutil::write_file_atomically(&path, &md).map_err(io(&path))
+}
