@@ -33,6 +33,10 @@ pub enum Pooling {
     Cls,
     /// Mean of the patch tokens (prefix tokens excluded) after the final norm.
     Mean,
+    /// The class token concatenated with the mean of the patch tokens (prefix tokens
+    /// excluded), both after the final norm: width 2 x hidden (transformers
+    /// `Dinov2ForImageClassification` / `Dinov2WithRegistersForImageClassification`).
+    ClsMean,
 }
 
 /// Resampling kernel used when the position grid is resized to another input size.
@@ -144,6 +148,14 @@ impl ModelConfig {
         self.num_prefix_tokens() + self.num_patches()
     }
 
+    /// Width of the pooled vector, which is the head's input width.
+    pub fn pooled_dim(&self) -> usize {
+        match self.pooling {
+            Pooling::Cls | Pooling::Mean => self.hidden_size,
+            Pooling::ClsMean => 2 * self.hidden_size,
+        }
+    }
+
     /// Output width of fc1.
     pub fn fc1_out(&self) -> usize {
         match self.mlp {
@@ -163,6 +175,13 @@ impl ModelConfig {
         if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
             return bad(format!(
                 "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if self.image_size < self.patch_size {
+            // Mean pooling (and ClsMean) divides by the patch count.
+            return bad(format!(
+                "image_size {} is smaller than patch_size {}: no patches",
                 self.image_size, self.patch_size
             ));
         }
@@ -263,7 +282,10 @@ impl ModelConfig {
         t.push(("norm.weight".into(), vec![d]));
         t.push(("norm.bias".into(), vec![d]));
         if self.num_classes > 0 {
-            t.push(("head.weight".into(), vec![self.num_classes, d]));
+            t.push((
+                "head.weight".into(),
+                vec![self.num_classes, self.pooled_dim()],
+            ));
             t.push(("head.bias".into(), vec![self.num_classes]));
         }
         t
@@ -275,5 +297,43 @@ impl ModelConfig {
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_names_on_disk() {
+        // Existing model.json files say "cls" / "mean"; the new variant is "cls_mean".
+        for (p, name) in [
+            (Pooling::Cls, "\"cls\""),
+            (Pooling::Mean, "\"mean\""),
+            (Pooling::ClsMean, "\"cls_mean\""),
+        ] {
+            assert_eq!(serde_json::to_string(&p).unwrap(), name);
+            assert_eq!(serde_json::from_str::<Pooling>(name).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn cls_mean_head_reads_twice_the_width() {
+        let mut c = crate::convert::preset::find("vit-micro8")
+            .expect("preset")
+            .config();
+        c.num_classes = 3;
+        c.class_names = None;
+        for (pooling, width) in [
+            (Pooling::Cls, c.hidden_size),
+            (Pooling::Mean, c.hidden_size),
+            (Pooling::ClsMean, 2 * c.hidden_size),
+        ] {
+            c.pooling = pooling;
+            assert_eq!(c.pooled_dim(), width);
+            let shapes: std::collections::BTreeMap<_, _> = c.tensor_shapes().into_iter().collect();
+            assert_eq!(shapes["head.weight"], vec![3, width]);
+            assert_eq!(shapes["head.bias"], vec![3]);
+        }
     }
 }

@@ -102,7 +102,7 @@ impl Inspection {
                 )?;
                 writeln!(f, "layer scale   {}", c.layer_scale)?;
                 writeln!(f, "norm eps      {:e}", c.norm_eps)?;
-                writeln!(f, "pooling       {:?}", c.pooling)?;
+                writeln!(f, "pooling       {:?}, {} wide", c.pooling, c.pooled_dim())?;
                 let head = if c.num_classes == 0 {
                     "none (backbone)".to_string()
                 } else {

@@ -35,15 +35,17 @@ fn check(name: &str) {
         tokens.shape
     );
     let d = max_abs_diff(&model::to_host(&out.tokens).unwrap(), &tokens.data);
+    println!("{name}: last_hidden_state max abs diff {d:e}");
     assert!(d < ATOL, "{name}: last_hidden_state max abs diff {d}");
-    let d = max_abs_diff(
-        &model::to_host(&out.pooled).unwrap(),
-        &reference["pooled"].data,
-    );
+    let pooled = &reference["pooled"];
+    assert_eq!(out.pooled.shape()[1] as usize, pooled.shape[1], "{name}");
+    let d = max_abs_diff(&model::to_host(&out.pooled).unwrap(), &pooled.data);
+    println!("{name}: pooled max abs diff {d:e}");
     assert!(d < ATOL, "{name}: pooled max abs diff {d}");
     match (reference.get("logits"), &out.logits) {
         (Some(want), Some(got)) => {
             let d = max_abs_diff(&model::to_host(got).unwrap(), &want.data);
+            println!("{name}: logits max abs diff {d:e}");
             assert!(d < ATOL, "{name}: logits max abs diff {d}");
         }
         (None, None) => {}
@@ -79,6 +81,16 @@ fn hf_dinov2() {
 #[test]
 fn hf_dinov2_registers() {
     check("hf-dinov2-registers");
+}
+/// `Dinov2ForImageClassification`: the head reads concat(cls, mean of patches), 2D wide.
+#[test]
+fn hf_dinov2_classifier() {
+    check("hf-dinov2-classifier");
+}
+/// The registers variant: registers are left out of the patch mean.
+#[test]
+fn hf_dinov2_registers_classifier() {
+    check("hf-dinov2-registers-classifier");
 }
 #[test]
 fn timm_vit_classifier() {

@@ -1,5 +1,6 @@
 //! transformers layouts: `ViTModel` / `ViTForImageClassification` (google/vit-*,
-//! owkin/phikon), `Dinov2Model` and `Dinov2WithRegistersModel`. Key names are the ones
+//! owkin/phikon), `Dinov2Model`, `Dinov2WithRegistersModel` and their
+//! `...ForImageClassification` task models. Key names are the ones
 //! `save_pretrained` writes and the Hub serves.
 
 use crate::config::{
@@ -99,19 +100,7 @@ pub fn plan(
         (MlpKind::Gelu, inter)
     };
 
-    let head = index.get("classifier.weight").cloned();
-    let num_classes = match &head {
-        Some(shape) if shape.len() == 2 && shape[1] == hidden => shape[0],
-        Some(shape) => {
-            return Err(ConvertError::Shape {
-                path: files.weights[0].path.clone(),
-                name: "classifier.weight".into(),
-                got: shape.clone(),
-                want: vec![0, hidden],
-            })
-        }
-        None => 0,
-    };
+    let (pooling, num_classes) = head(files, index, prefix, hidden)?;
     let class_names = if num_classes > 0 {
         id2label(cfg, num_classes)?
     } else {
@@ -140,7 +129,7 @@ pub fn plan(
             _ => PosInterpolation::Bicubic,
         },
         norm_eps: eps,
-        pooling: Pooling::Cls,
+        pooling,
         num_classes,
         class_names,
         preprocess: Preprocess {
@@ -168,6 +157,36 @@ pub fn plan(
         // DINOv2's mask token replaces masked patches in self-supervised training only.
         inference_unused: vec![format!("{e}mask_token")],
     })
+}
+
+/// Pooling and class count from the classifier, if any. `ViTForImageClassification`
+/// reads the class token (`[K, D]`); `Dinov2ForImageClassification` and its registers
+/// variant read concat(class token, mean of the patches) (`[K, 2D]`).
+fn head(
+    files: &SourceFiles,
+    index: &Index,
+    prefix: &str,
+    hidden: usize,
+) -> Result<(Pooling, usize), ConvertError> {
+    let Some(shape) = index.get("classifier.weight") else {
+        return Ok((Pooling::Cls, 0));
+    };
+    // The backbone's prefix names the task model, as its class name does in
+    // `architectures` (which is optional, so not relied on).
+    let (pooling, width) = if matches!(prefix, "dinov2." | "dinov2_with_registers.") {
+        (Pooling::ClsMean, 2 * hidden)
+    } else {
+        (Pooling::Cls, hidden)
+    };
+    match shape.as_slice() {
+        [k, w] if *w == width => Ok((pooling, *k)),
+        _ => Err(ConvertError::Shape {
+            path: files.weights[0].path.clone(),
+            name: "classifier.weight".into(),
+            got: shape.clone(),
+            want: vec![shape.first().copied().unwrap_or(0), width],
+        }),
+    }
 }
 
 /// Our tensor names -> this family's names.

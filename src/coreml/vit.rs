@@ -1,6 +1,6 @@
 //! Emits a ViT as a MIL program from a [`Checkpoint`]: everything [`ModelConfig`] can
 //! express (registers, every `pos_embed_prefix` layout, fused or separate q/k/v with or
-//! without bias, GELU or packed SwiGLU, layer scale, cls or mean pooling, any head).
+//! without bias, GELU or packed SwiGLU, layer scale, cls, mean or cls+mean pooling, any head).
 //! Weights stream from the memory-mapped checkpoint into the blob sink one tensor at a
 //! time.
 
@@ -33,8 +33,9 @@ pub enum OutputKind {
     Classifier,
     /// `logits` `[1, num_classes]`.
     Logits,
-    /// `embedding` `[1, D]` (the pooled, normalised token) and `tokens` `[1, T, D]`
-    /// (the whole sequence after the final norm).
+    /// `embedding` `[1, pooled_dim]` (the pooled vector after the final norm: D wide,
+    /// 2D for cls+mean pooling) and `tokens` `[1, T, D]` (the whole sequence after the
+    /// final norm).
     Features,
 }
 
@@ -282,7 +283,6 @@ impl<'s> Emitter<'_, '_, 's> {
 
         let d = cfg.hidden_size;
         let t = cfg.num_tokens();
-        let p = cfg.num_prefix_tokens();
         let cast_out = opts.io_dtype != self.dt;
         let edge = |name: &str, cast: bool| {
             if cast {
@@ -310,41 +310,26 @@ impl<'s> Emitter<'_, '_, 's> {
         } else {
             "pooled".to_string()
         };
-        let pooled = match cfg.pooling {
-            Pooling::Cls => self.b.slice_by_index(
-                &pooled_name,
-                &normed,
-                &[0, 0, 0],
-                &[1, 1, d],
-                &[false, true, false],
-            )?,
-            Pooling::Mean => {
-                let patches = self.b.slice_by_index(
-                    "patch_tokens_final",
-                    &normed,
-                    &[0, p, 0],
-                    &[1, t, d],
-                    &[false; 3],
-                )?;
-                self.b.reduce_mean(&pooled_name, &patches, &[1], false)?
-            }
-        };
+        let pooled = self.pool(&pooled_name, &normed)?;
 
         match opts.output {
             OutputKind::Features => {
                 self.cast_to(names::EMBEDDING, &pooled, opts.io_dtype)?;
                 self.cast_to(names::TOKENS, &normed, opts.io_dtype)?;
+                let pd = cfg.pooled_dim();
                 io.outputs.push(Feature {
                     name: names::EMBEDDING.into(),
                     description: format!(
-                        "pooled embedding [1, {d}] ({} after the final norm)",
+                        "pooled embedding [1, {pd}] ({} after the final norm)",
                         match cfg.pooling {
                             Pooling::Cls => "class token",
                             Pooling::Mean => "mean of the patch tokens",
+                            Pooling::ClsMean =>
+                                "class token (first half) concatenated with the mean of the patch tokens (second half)",
                         }
                     ),
                     kind: FeatureKind::Array {
-                        shape: vec![1, d],
+                        shape: vec![1, pd],
                         dtype: opts.io_dtype,
                     },
                 });
@@ -397,6 +382,35 @@ impl<'s> Emitter<'_, '_, 's> {
             }
         };
         Ok(io)
+    }
+
+    /// `[1, T, D]` normed tokens -> `[1, pooled_dim]` named `name`, as [`Pooling`]
+    /// documents.
+    fn pool(&mut self, name: &str, normed: &Var) -> Result<Var, EmitError> {
+        let cfg = self.cfg;
+        let (d, t, p) = (cfg.hidden_size, cfg.num_tokens(), cfg.num_prefix_tokens());
+        let cls = |b: &mut ProgramBuilder<'_>, n: &str| {
+            b.slice_by_index(n, normed, &[0, 0, 0], &[1, 1, d], &[false, true, false])
+        };
+        let mean = |b: &mut ProgramBuilder<'_>, n: &str| {
+            let patches = b.slice_by_index(
+                "patch_tokens_final",
+                normed,
+                &[0, p, 0],
+                &[1, t, d],
+                &[false; 3],
+            )?;
+            b.reduce_mean(n, &patches, &[1], false)
+        };
+        Ok(match cfg.pooling {
+            Pooling::Cls => cls(self.b, name)?,
+            Pooling::Mean => mean(self.b, name)?,
+            Pooling::ClsMean => {
+                let c = cls(self.b, "pooled_cls")?;
+                let m = mean(self.b, "pooled_patch_mean")?;
+                self.b.concat(name, &[&c, &m], -1)?
+            }
+        })
     }
 
     /// Patch embedding, class/register tokens and position embeddings -> `[1, T, D]`.

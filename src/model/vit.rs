@@ -38,7 +38,7 @@ pub struct Vit {
 pub struct VitOutput {
     /// `[B, T, D]` after the final norm.
     pub tokens: Array,
-    /// `[B, D]`: class token or mean of patch tokens.
+    /// `[B, pooled_dim]`: class token, mean of patch tokens, or both concatenated.
     pub pooled: Array,
     /// `[B, K]` when the model has a head.
     pub logits: Option<Array>,
@@ -111,14 +111,7 @@ impl Vit {
             };
         }
         let tokens = self.norm.forward(&x, self.config.norm_eps)?;
-        let pooled = match self.config.pooling {
-            Pooling::Cls => tokens.index((.., 0, ..)),
-            Pooling::Mean => {
-                let prefix = self.config.num_prefix_tokens() as i32;
-                let parts = ops::split_at_indices(&tokens, &[prefix], 1)?;
-                parts[1].mean_axis(1, None)?
-            }
-        };
+        let pooled = self.pool(&tokens)?;
         let logits = if self.head.is_present() {
             Some(self.head.forward(&pooled)?)
         } else {
@@ -133,6 +126,21 @@ impl Vit {
 }
 
 impl Vit {
+    /// `[B, T, D]` normed tokens -> `[B, pooled_dim]`, as [`Pooling`] documents.
+    fn pool(&self, tokens: &Array) -> Result<Array, Exception> {
+        let cls = || tokens.index((.., 0, ..));
+        let patch_mean = || -> Result<Array, Exception> {
+            let prefix = self.config.num_prefix_tokens() as i32;
+            let parts = ops::split_at_indices(tokens, &[prefix], 1)?;
+            parts[1].mean_axis(1, None)
+        };
+        match self.config.pooling {
+            Pooling::Cls => Ok(cls()),
+            Pooling::Mean => patch_mean(),
+            Pooling::ClsMean => ops::concatenate(&[cls(), patch_mean()?], -1),
+        }
+    }
+
     /// Every linear layer of the blocks with its checkpoint name (`blocks.3.attn.qkv`).
     /// Absent layers (q/k/v of a fused model) are skipped.
     pub fn block_linears_mut(&mut self) -> Vec<(String, &mut Linear)> {

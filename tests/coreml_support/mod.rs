@@ -51,15 +51,19 @@ pub enum Variant {
     RegistersPrefix0Swiglu,
     /// Mean pooling, registers with positions (prefix 1 + R), 4-class head.
     MeanPooling,
+    /// Class token + patch mean (head width 2D), DINOv2-style registers without
+    /// position (prefix 1), layer scale, 3-class head.
+    ClsMeanPooling,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::FusedGeluHead,
         Variant::SeparateNoHead,
         Variant::RegistersPrefix1LayerScale,
         Variant::RegistersPrefix0Swiglu,
         Variant::MeanPooling,
+        Variant::ClsMeanPooling,
     ];
 }
 
@@ -134,6 +138,15 @@ pub fn config(v: Variant) -> ModelConfig {
             c.image_size = 12;
             c.patch_size = 3;
         }
+        Variant::ClsMeanPooling => {
+            c.qkv = QkvLayout::Separate;
+            c.num_register_tokens = 2;
+            c.pos_embed_prefix = 1;
+            c.layer_scale = true;
+            c.pooling = Pooling::ClsMean;
+            c.num_classes = 3;
+            c.class_names = Some(["tumor", "stroma", "normal"].map(String::from).to_vec());
+        }
     }
     c.validate().expect("test config is valid");
     c
@@ -187,7 +200,7 @@ pub fn write_checkpoint(
 pub struct RefOut {
     /// `[T, D]` after the final norm.
     pub tokens: Vec<f32>,
-    /// `[D]`.
+    /// `[pooled_dim]`.
     pub pooled: Vec<f32>,
     /// `[num_classes]`, empty without a head.
     pub logits: Vec<f32>,
@@ -435,11 +448,15 @@ pub fn reference_forward(
         }
     }
     let tokens = layer_norm(&x, d, w("norm.weight"), w("norm.bias"), cfg.norm_eps);
+    let cls = tokens[..d].to_vec();
+    // Patches only: the class token and registers stay out of the mean.
+    let mean: Vec<f32> = (0..d)
+        .map(|j| (1 + r..tt).map(|row| tokens[row * d + j]).sum::<f32>() / n as f32)
+        .collect();
     let pooled: Vec<f32> = match cfg.pooling {
-        Pooling::Cls => tokens[..d].to_vec(),
-        Pooling::Mean => (0..d)
-            .map(|j| (1 + r..tt).map(|row| tokens[row * d + j]).sum::<f32>() / n as f32)
-            .collect(),
+        Pooling::Cls => cls,
+        Pooling::Mean => mean,
+        Pooling::ClsMean => cls.into_iter().chain(mean).collect(),
     };
     let logits = if cfg.num_classes > 0 {
         linear(
