@@ -105,7 +105,10 @@ enum Command {
         JSON / JSONL list of {\"image\", \"label\"}. LoRA goes on all linear layers by \
         default; a new classification head is trained when the classes differ from the \
         base's. The run folder gets adapters/ (or model/ for --mode full, plus PEFT's \
-        layout under adapters/peft/ for transformers/timm bases), best/, checkpoint/ \
+        layout for PyTorch users under adapters/peft*/ for transformers/timm bases: \
+        peft/ with transformers 5 or timm module names, peft-transformers4/ with the classic \
+        names, -classifier twins carrying the head for a backbone base; each with a README of \
+        the Python lines that load it), best/, checkpoint/ \
         (resumable with --resume), metrics.jsonl, curves.png and summary.md/json."
     )]
     Train(TrainArgs),
@@ -114,11 +117,21 @@ enum Command {
     Doctor,
     /// Fold LoRA adapters into their base and write a plain checkpoint.
     #[cfg(feature = "mlx")]
+    #[command(
+        long_about = "Fold LoRA adapters into their base and write a plain checkpoint, ready \
+        for export. --adapters takes our adapters (RUN/adapters, RUN/best; checked against \
+        the base's content hash) or a PEFT LoRA folder trained in PyTorch on the base you \
+        converted (adapter_config.json + adapter_model.safetensors; transformers 4 or 5 or \
+        timm module names, r, lora_alpha, use_rslora, a modules_to_save head or norms). \
+        What cannot be folded is refused with the key or setting named: DoRA, bias other \
+        than \"none\", other PEFT types, per-module rank/alpha patterns, LoRA outside the \
+        linear layers, shapes of another base, pickled .bin adapters."
+    )]
     Merge {
-        /// Base checkpoint the adapters were trained on.
+        /// Base checkpoint (converted with `pipeline convert`) the adapters were trained on.
         #[arg(long)]
         base: PathBuf,
-        /// Adapter folder (RUN/adapters or RUN/best).
+        /// Adapter folder: RUN/adapters, RUN/best, or a PEFT LoRA folder.
         #[arg(long)]
         adapters: PathBuf,
         /// Output checkpoint folder.
@@ -646,9 +659,10 @@ fn run(cli: Cli) -> Result<()> {
                 format!("merging {} into {}", adapters.display(), base.display())
             })?;
             println!(
-                "merged {} adapted layers{} -> {}; max |adapter - merged| on a probe batch of {}: {:.2e}",
+                "merged {} adapted layers{} ({}) -> {}; max |adapter - merged| on a probe batch of {}: {:.2e}",
                 r.layers_merged,
                 if r.replaced.is_empty() { String::new() } else { format!(" and {} trained tensors", r.replaced.len()) },
+                r.adapters_format,
                 r.out.display(),
                 r.probe_batch,
                 r.max_abs_diff

@@ -10,6 +10,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError, TensorOut};
 use crate::model::{self, ModelError};
 use crate::rng::Rng;
 use crate::train::adapters::{self, AdapterError};
+use crate::train::peft;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
@@ -32,6 +33,8 @@ pub struct MergeReport {
     pub max_abs_diff: f32,
     pub probe_batch: usize,
     pub adapters_hash: String,
+    /// Which adapter format was read (ours, or PEFT with the naming that matched).
+    pub adapters_format: String,
 }
 
 fn max_diff(a: &Array, b: &Array) -> Result<f32, MergeError> {
@@ -50,7 +53,7 @@ pub fn merge(
 ) -> Result<MergeReport, MergeError> {
     let ck = Checkpoint::load(base)?;
     let mut vit = model::from_checkpoint(&ck)?;
-    let acfg = adapters::apply(adapters_dir, &mut vit, &ck.content_hash())?;
+    let applied = apply_any(adapters_dir, &mut vit, &ck.content_hash())?;
 
     // Probe: a seeded batch of normalised-pixel noise at the native size.
     let c = &vit.config;
@@ -72,8 +75,10 @@ pub fn merge(
     let params: std::collections::BTreeMap<String, Array> =
         vit.named_parameters().into_iter().collect();
     let mut config = vit.config.clone();
-    config.num_classes = acfg.classes.len();
-    config.class_names = Some(acfg.classes.clone());
+    if !applied.classes.is_empty() {
+        config.num_classes = applied.classes.len();
+        config.class_names = Some(applied.classes.clone());
+    }
     let mut tensors = Vec::new();
     for (name, shape) in config.tensor_shapes() {
         tensors.push(TensorOut::owned(
@@ -85,16 +90,58 @@ pub fn merge(
     checkpoint::write(out, &config, &tensors, force)?;
     let adapters_hash = checkpoint::hex(&{
         use sha2::Digest;
-        sha2::Sha256::digest(
-            std::fs::read(adapters_dir.join(adapters::WEIGHTS_FILE)).unwrap_or_default(),
-        )
+        sha2::Sha256::digest(std::fs::read(&applied.weights).unwrap_or_default())
     });
     Ok(MergeReport {
         out: out.to_path_buf(),
-        layers_merged: acfg.layers.len(),
-        replaced: acfg.replaced,
+        layers_merged: applied.layers.len(),
+        replaced: applied.replaced,
         max_abs_diff: diff,
         probe_batch: n,
         adapters_hash,
+        adapters_format: applied.format,
+    })
+}
+
+/// What an adapter folder put onto the model, whichever format it was in.
+struct Applied {
+    format: String,
+    layers: Vec<String>,
+    replaced: Vec<String>,
+    /// Class names of the head after merging (empty: no head).
+    classes: Vec<String>,
+    weights: PathBuf,
+}
+
+/// Our adapters (checked against the base's content hash) or a PEFT LoRA folder from
+/// PyTorch (checked against the base's names and shapes).
+fn apply_any(dir: &Path, vit: &mut model::Vit, base_hash: &str) -> Result<Applied, MergeError> {
+    if peft::import::is_peft(dir) {
+        let imp = peft::import::apply(dir, vit)?;
+        return Ok(Applied {
+            format: format!(
+                "PEFT LoRA ({} names, r {}, alpha {}{})",
+                imp.naming,
+                imp.settings.r,
+                imp.settings.alpha,
+                if imp.settings.rslora { ", rsLoRA" } else { "" }
+            ),
+            layers: imp.layers,
+            replaced: imp.replaced,
+            classes: if vit.head.is_present() {
+                imp.classes
+            } else {
+                Vec::new()
+            },
+            weights: imp.weights,
+        });
+    }
+    let cfg = adapters::apply(dir, vit, base_hash)?;
+    Ok(Applied {
+        format: adapters::FORMAT.to_string(),
+        layers: cfg.layers,
+        replaced: cfg.replaced,
+        classes: cfg.classes,
+        weights: dir.join(adapters::WEIGHTS_FILE),
     })
 }

@@ -89,36 +89,49 @@ fn merge_matches_the_adapter_forward() {
     }
 }
 
+/// The classic-name folder names modules that a checkpoint transformers itself wrote has
+/// (the fixture's keys are transformers 4's runtime names); `tests/peft_interop.rs` loads
+/// both folders with the real libraries.
 #[test]
-fn peft_keys_follow_the_source_library() {
+fn peft_transformers4_keys_name_the_modules_of_a_transformers_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, ad) = base_and_adapters(tmp.path(), "hf-vit-classifier");
-    let keys: Vec<String> = read_tensors(&ad.join("peft/adapter_model.safetensors"))
+    let written: Vec<String> =
+        read_tensors(&fixture("hf-vit-classifier").join("model.safetensors"))
+            .into_keys()
+            .collect();
+    let keys: Vec<String> = read_tensors(&ad.join("peft-transformers4/adapter_model.safetensors"))
         .into_keys()
         .collect();
-    assert!(
-        keys.contains(
-            &"base_model.model.vit.encoder.layer.0.attention.attention.query.lora_A.weight"
-                .to_string()
-        ),
-        "{keys:?}"
-    );
-    assert!(
-        keys.contains(
-            &"base_model.model.vit.encoder.layer.1.output.dense.lora_B.weight".to_string()
-        ),
-        "{keys:?}"
-    );
-    assert!(
-        keys.contains(&"base_model.model.classifier.weight".to_string()),
-        "{keys:?}"
-    );
+    let mut lora = 0;
+    for key in &keys {
+        let rest = key.strip_prefix("base_model.model.").expect("PEFT prefix");
+        let module = rest
+            .strip_suffix(".lora_A.weight")
+            .or_else(|| rest.strip_suffix(".lora_B.weight"));
+        let want = match module {
+            Some(m) => {
+                lora += 1;
+                format!("{m}.weight")
+            }
+            None => rest.to_string(),
+        };
+        assert!(
+            written.contains(&want),
+            "`{key}`: transformers wrote no `{want}`"
+        );
+    }
+    assert_eq!(lora, 2 * 12, "{keys:?}");
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(ad.join("peft/adapter_config.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 4);
+    assert_eq!(
+        cfg["modules_to_save"],
+        serde_json::json!(["classifier", "vit.layernorm"])
+    );
 }
 
 #[test]

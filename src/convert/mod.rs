@@ -9,6 +9,7 @@ pub mod hub;
 pub mod preset;
 mod source;
 mod timm;
+pub mod torch_names;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

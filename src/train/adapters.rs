@@ -2,7 +2,6 @@
 //! norms) with the facts needed to put it back onto the right base model. Also written in
 //! PEFT's layout for PyTorch users when the base came from transformers or timm.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -77,8 +76,8 @@ pub fn collect(vit: &Vit, replaced: &[String]) -> Result<Vec<TensorOut<'static>>
     Ok(out)
 }
 
-/// Writes `dir/adapter_config.json` + `dir/adapters.safetensors`, and `dir/peft/` when
-/// the base has a source layout.
+/// Writes `dir/adapter_config.json` + `dir/adapters.safetensors`, and PEFT folders
+/// (`dir/peft*/`) when the base came from transformers or timm.
 pub fn save(
     dir: &Path,
     vit: &Vit,
@@ -92,100 +91,13 @@ pub fn save(
             serde_json::to_string_pretty(cfg).expect("json") + "\n",
         )?;
         checkpoint::write_safetensors(&tmp.join(WEIGHTS_FILE), &tensors, None)?;
-        if let Some(names) = crate::convert::source_names(base) {
-            write_peft(&tmp.join("peft"), cfg, &tensors, &names)?;
-        }
+        super::peft::export::write_all(tmp, cfg, &tensors, base)?;
         Ok(())
     })
     .map_err(|source| AdapterError::Io {
         path: dir.to_path_buf(),
         source,
     })
-}
-
-/// PEFT's layout: `adapter_model.safetensors` with keys
-/// `base_model.model.<module>.lora_A.weight` / `lora_B.weight`, the head and norms as
-/// `modules_to_save` (`base_model.model.<module>.weight`), and its `adapter_config.json`.
-fn write_peft(
-    dir: &Path,
-    cfg: &AdapterConfig,
-    tensors: &[TensorOut<'_>],
-    names: &BTreeMap<String, String>,
-) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let module = |ours_param: &str| -> Option<String> {
-        names.get(ours_param).map(|t| {
-            t.trim_end_matches(".weight")
-                .trim_end_matches(".bias")
-                .to_string()
-        })
-    };
-    let mut out = Vec::new();
-    let mut targets = Vec::new();
-    let mut to_save = Vec::new();
-    for t in tensors {
-        let (layer, suffix) = t.name.rsplit_once('.').expect("dotted name");
-        let Some(m) = module(&format!("{layer}.weight")).or_else(|| module(&t.name)) else {
-            continue;
-        };
-        let key = match suffix {
-            "lora_a" => {
-                targets.push(m.clone());
-                format!("base_model.model.{m}.lora_A.weight")
-            }
-            "lora_b" => format!("base_model.model.{m}.lora_B.weight"),
-            _ => {
-                let top = m.rsplit('.').next().unwrap_or(&m).to_string();
-                if !to_save.contains(&top) {
-                    to_save.push(top);
-                }
-                format!(
-                    "base_model.model.{}",
-                    names
-                        .get(&t.name)
-                        .cloned()
-                        .unwrap_or_else(|| t.name.clone())
-                )
-            }
-        };
-        let data = match &t.data {
-            checkpoint::TensorData::Owned(v) => v.clone(),
-            checkpoint::TensorData::Mapped { dtype, bytes } => checkpoint::widen(*dtype, bytes),
-        };
-        out.push(TensorOut::owned(key, t.shape.clone(), data));
-    }
-    targets.sort();
-    targets.dedup();
-    let regex = format!(
-        "^({})$",
-        targets
-            .iter()
-            .map(|t| t.replace('.', "\\."))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    checkpoint::write_safetensors(&dir.join("adapter_model.safetensors"), &out, Some(meta))?;
-    let peft = serde_json::json!({
-        "peft_type": "LORA",
-        "base_model_name_or_path": cfg.base_model_source,
-        "r": cfg.lora.rank,
-        "lora_alpha": cfg.lora.alpha,
-        "lora_dropout": cfg.lora.dropout,
-        "target_modules": regex,
-        "modules_to_save": if to_save.is_empty() { serde_json::Value::Null } else { serde_json::json!(to_save) },
-        "bias": "none",
-        "fan_in_fan_out": false,
-        "inference_mode": true,
-        "init_lora_weights": true,
-        "use_rslora": false,
-        "task_type": null,
-    });
-    fs::write(
-        dir.join("adapter_config.json"),
-        serde_json::to_string_pretty(&peft).expect("json") + "\n",
-    )
 }
 
 pub fn read_config(dir: &Path) -> Result<AdapterConfig, AdapterError> {

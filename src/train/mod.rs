@@ -10,6 +10,7 @@ pub mod lora;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod peft;
 pub mod plot;
 mod state;
 pub mod step;

@@ -192,7 +192,7 @@ fn prepare_model(
 
 /// The width of the vector the classification head reads.
 fn pooled_width(config: &ModelConfig) -> usize {
-    config.hidden_size
+    config.pooled_dim()
 }
 
 /// Puts a freshly initialized `classes` x `width` head on the model (weights
