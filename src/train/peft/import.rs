@@ -273,7 +273,17 @@ pub fn apply(dir: &Path, vit: &mut Vit) -> Result<Imported, AdapterError> {
         .max_by_key(|(_, (hits, _))| *hits)
         .expect("non-empty");
     if let Some(key) = miss {
-        let tried: Vec<&str> = cands.iter().map(|c| c.label.as_str()).collect();
+        if let Key::LoraA(m) | Key::LoraB(m) = classify(&key) {
+            if best.params.contains_key(&format!("{m}.weight")) {
+                return Err(invalid(&path, format!(
+                    "`{key}` is LoRA on `{m}`, a module of the base ({} names) but not one of its linear layers (a convolution, embedding or norm): only LoRA on the attention and MLP linears can be merged; leave `{m}` out of target_modules",
+                    best.label
+                )));
+            }
+        }
+        // timm's backbone and classifier share one naming: each label once.
+        let mut tried: Vec<&str> = cands.iter().map(|c| c.label.as_str()).collect();
+        tried.dedup();
         return Err(invalid(&path, format!(
             "`{key}` names no linear layer or parameter of the base {} (tried {} names): an adapter for another model, or a target outside the linear layers",
             config.provenance.source,
