@@ -116,6 +116,14 @@ struct Applied {
 /// Our adapters (checked against the base's content hash) or a PEFT LoRA folder from
 /// PyTorch (checked against the base's names and shapes).
 fn apply_any(dir: &Path, vit: &mut model::Vit, base_hash: &str) -> Result<Applied, MergeError> {
+    let config = dir.join(adapters::CONFIG_FILE);
+    if !config.exists() {
+        return Err(AdapterError::Invalid {
+            path: config,
+            msg: "missing, so this is neither our adapters folder (RUN/adapters, RUN/best) nor a PEFT folder (adapter_config.json + adapter_model.safetensors)".into(),
+        }
+        .into());
+    }
     if peft::import::is_peft(dir) {
         let imp = peft::import::apply(dir, vit)?;
         return Ok(Applied {

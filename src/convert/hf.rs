@@ -14,35 +14,65 @@ use super::{ConvertError, Plan, SourceFiles, TensorMap};
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Our block-level names -> the family's names under `encoder.layer.{i}.`.
-fn block_table(family: Family, swiglu: bool) -> Vec<(&'static str, &'static str)> {
+/// One block-level tensor or module: our name, the classic name (files, and
+/// transformers 4 at run time, under `encoder.layer.{i}.`) and transformers 5's run-time
+/// name (under `layers.{i}.` for ViT, `encoder.layer.{i}.` for DINOv2; None where
+/// transformers 5 splits it: DINOv2's packed SwiGLU input becomes `gate_proj` + `up_proj`).
+pub(crate) struct BlockName {
+    pub ours: &'static str,
+    pub classic: &'static str,
+    pub tf5: Option<&'static str>,
+}
+
+/// The block table of a transformers family.
+pub(crate) fn block_table(family: Family, swiglu: bool) -> Vec<BlockName> {
+    let row = |ours, classic, tf5| BlockName { ours, classic, tf5 };
     let mut t = vec![
-        ("attn.q", "attention.attention.query"),
-        ("attn.k", "attention.attention.key"),
-        ("attn.v", "attention.attention.value"),
-        ("attn.proj", "attention.output.dense"),
+        row(
+            "attn.q",
+            "attention.attention.query",
+            Some("attention.q_proj"),
+        ),
+        row(
+            "attn.k",
+            "attention.attention.key",
+            Some("attention.k_proj"),
+        ),
+        row(
+            "attn.v",
+            "attention.attention.value",
+            Some("attention.v_proj"),
+        ),
+        row(
+            "attn.proj",
+            "attention.output.dense",
+            Some("attention.o_proj"),
+        ),
     ];
     match family {
         Family::HfVit => t.extend([
-            ("norm1", "layernorm_before"),
-            ("norm2", "layernorm_after"),
-            ("mlp.fc1", "intermediate.dense"),
-            ("mlp.fc2", "output.dense"),
+            row("norm1", "layernorm_before", Some("layernorm_before")),
+            row("norm2", "layernorm_after", Some("layernorm_after")),
+            row("mlp.fc1", "intermediate.dense", Some("mlp.fc1")),
+            row("mlp.fc2", "output.dense", Some("mlp.fc2")),
         ]),
         _ => {
             t.extend([
-                ("norm1", "norm1"),
-                ("norm2", "norm2"),
-                ("ls1", "layer_scale1.lambda1"),
-                ("ls2", "layer_scale2.lambda1"),
+                row("norm1", "norm1", Some("norm1")),
+                row("norm2", "norm2", Some("norm2")),
+                row("ls1", "layer_scale1.lambda1", Some("layer_scale1.lambda1")),
+                row("ls2", "layer_scale2.lambda1", Some("layer_scale2.lambda1")),
             ]);
             if swiglu {
                 t.extend([
-                    ("mlp.fc1", "mlp.weights_in"),
-                    ("mlp.fc2", "mlp.weights_out"),
+                    row("mlp.fc1", "mlp.weights_in", None),
+                    row("mlp.fc2", "mlp.weights_out", Some("mlp.down_proj")),
                 ]);
             } else {
-                t.extend([("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")]);
+                t.extend([
+                    row("mlp.fc1", "mlp.fc1", Some("mlp.fc1")),
+                    row("mlp.fc2", "mlp.fc2", Some("mlp.fc2")),
+                ]);
             }
         }
     }
@@ -214,7 +244,12 @@ pub(crate) fn tensor_map(
         add("reg_tokens".into(), format!("{e}register_tokens"));
     }
     for i in 0..layers {
-        for (ours, theirs) in block_table(family, swiglu) {
+        for BlockName {
+            ours,
+            classic: theirs,
+            ..
+        } in block_table(family, swiglu)
+        {
             let ours_full = format!("blocks.{i}.{ours}");
             let theirs_full = format!("{prefix}encoder.layer.{i}.{theirs}");
             if ours.starts_with("ls") {

@@ -111,39 +111,6 @@ fn classifier_prefix(family: Family) -> &'static str {
     }
 }
 
-/// transformers 5's block-level names for our layer kinds, under the block prefix.
-fn tf5_block(family: Family, swiglu: bool) -> Vec<(&'static str, &'static str)> {
-    let mut t = vec![
-        ("attn.q", "attention.q_proj"),
-        ("attn.k", "attention.k_proj"),
-        ("attn.v", "attention.v_proj"),
-        ("attn.proj", "attention.o_proj"),
-    ];
-    match family {
-        Family::HfVit => t.extend([
-            ("norm1", "layernorm_before"),
-            ("norm2", "layernorm_after"),
-            ("mlp.fc1", "mlp.fc1"),
-            ("mlp.fc2", "mlp.fc2"),
-        ]),
-        _ => {
-            t.extend([
-                ("norm1", "norm1"),
-                ("norm2", "norm2"),
-                ("ls1", "layer_scale1.lambda1"),
-                ("ls2", "layer_scale2.lambda1"),
-            ]);
-            if swiglu {
-                // `mlp.fc1` is split in two parts: see `runtime_names`.
-                t.push(("mlp.fc2", "mlp.down_proj"));
-            } else {
-                t.extend([("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")]);
-            }
-        }
-    }
-    t
-}
-
 /// Every one-to-one pair (ours, theirs) of a transformers model in `flavour`.
 fn hf_params(
     config: &ModelConfig,
@@ -171,7 +138,10 @@ fn hf_params(
             _ => "encoder.layer",
         };
         for i in 0..config.num_layers {
-            for (ours, theirs) in tf5_block(family, swiglu) {
+            for row in super::hf::block_table(family, swiglu) {
+                // Split in transformers 5: see `runtime_names`.
+                let Some(theirs) = row.tf5 else { continue };
+                let ours = row.ours;
                 let (o, t) = (
                     format!("blocks.{i}.{ours}"),
                     format!("{prefix}{block}.{i}.{theirs}"),
