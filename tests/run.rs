@@ -1,10 +1,19 @@
 //! `pipeline run` on the quickstart: every stage end to end, coremltools reads the package,
 //! unchanged stages are not redone, a changed learning rate redoes training onwards, and
-//! config errors are clear.
+//! config errors are clear. With `[merge] adapters` (ours or PEFT) training is skipped and
+//! the given adapters are merged, exported and verified.
 #![cfg(feature = "mlx")]
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use mlx_coreml_pipeline::checkpoint::Checkpoint;
+use mlx_coreml_pipeline::model;
+use mlx_coreml_pipeline::rng::Rng;
+use mlx_coreml_pipeline::train::{self, adapters};
+use mlx_rs::Array;
 
 fn pipeline() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pipeline"))
@@ -175,6 +184,210 @@ fn config_errors_are_clear() {
     );
     let (ok, _, err) = run(&[cfg.to_str().unwrap(), "--set", "train.epochz=1"]);
     assert!(!ok && err.contains("epochz"), "{err}");
+
+    // [merge]: an unknown key names itself and its line; a missing adapters folder is named
+    // before any stage runs; no [train] data needs [merge] adapters.
+    let merge_typo = write(
+        "merge_typo.toml",
+        format!("{text}\n[merge]\nadapterz = \"x\"\n"),
+    );
+    let line = text.lines().count() + 3;
+    let (ok, _, err) = run(&[merge_typo.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("unknown field `adapterz`") && err.contains(&format!("line {line}")),
+        "{err}"
+    );
+    let (ok, _, err) = run(&[
+        cfg.to_str().unwrap(),
+        "--set",
+        "merge.adapters=no-such-adapters",
+    ]);
+    assert!(
+        !ok && err.contains("merge.adapters")
+            && err.contains("no-such-adapters")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("run").exists(), "a stage ran");
+    let no_data: String = text
+        .lines()
+        .filter(|l| !l.starts_with("data = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let no_data = write("no_data.toml", no_data);
+    let (ok, _, err) = run(&[no_data.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("train.data") && err.contains("[merge]"),
+        "{err}"
+    );
+}
+
+/// Adapters for a fixture as training leaves them (LoRA on every linear layer with
+/// non-zero B, a new 4-class head, trained norms), saved with their PEFT folders (`peft/`
+/// among them); built on the fixture converted into `dir/base`.
+fn adapters_for(dir: &Path, fixture_name: &str) -> PathBuf {
+    let (_t, conv) = common::converted(fixture_name);
+    let base = dir.join("base");
+    std::fs::rename(&conv, &base).unwrap();
+    let ck = Checkpoint::load(&base).unwrap();
+    let mut vit = model::from_checkpoint(&ck).unwrap();
+    let cfg = train::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: "all".into(),
+    };
+    let layers = train::lora::attach(&mut vit, &cfg, 1).unwrap();
+    let mut rng = Rng::new(11);
+    common::random_lora_b(&mut vit, &mut rng, 0.05);
+    common::random_head(&mut vit, &mut rng, 4, 0.2);
+    let d = ck.config.hidden_size;
+    let nw: Vec<f32> = (0..d).map(|_| 1.0 + rng.normal() * 0.05).collect();
+    vit.norm.weight.value = Array::from_slice(&nw, &[d as i32]);
+    let acfg = adapters::AdapterConfig {
+        format: adapters::FORMAT.into(),
+        lora: cfg,
+        layers,
+        base_model_hash: ck.content_hash(),
+        base_model_source: ck.config.provenance.source.clone(),
+        classes: ["w", "x", "y", "z"].iter().map(|s| s.to_string()).collect(),
+        mean: ck.config.preprocess.mean,
+        std: ck.config.preprocess.std,
+        replaced: vec![
+            "head.weight".into(),
+            "head.bias".into(),
+            "norm.weight".into(),
+        ],
+    };
+    let ad = dir.join("adapters");
+    adapters::save(&ad, &vit, &acfg, &ck.config).unwrap();
+    ad
+}
+
+/// `pipeline merge` of `adapters` into `base`, into `out`.
+fn merge_by_hand(base: &Path, adapters: &Path, out: PathBuf) -> PathBuf {
+    common::run_ok(
+        pipeline()
+            .arg("merge")
+            .arg("--base")
+            .arg(base)
+            .arg("--adapters")
+            .arg(adapters)
+            .arg("--out")
+            .arg(&out),
+    );
+    out
+}
+
+fn max_abs_diff_of_checkpoints(a: &Path, b: &Path) -> f32 {
+    let (x, y) = (
+        common::read_tensors(&a.join("model.safetensors")),
+        common::read_tensors(&b.join("model.safetensors")),
+    );
+    assert_eq!(
+        x.keys().collect::<Vec<_>>(),
+        y.keys().collect::<Vec<_>>(),
+        "tensor names differ"
+    );
+    x.iter()
+        .map(|(k, t)| {
+            assert_eq!(t.shape, y[k].shape, "{k}");
+            common::max_abs_diff(&t.data, &y[k].data)
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn merge_adapters_fold_given_peft_or_ours_skipping_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ad = adapters_for(tmp.path(), "hf-vit-backbone");
+    assert!(ad.join("peft/adapter_model.safetensors").exists());
+    // No [train] section: the adapters path is relative to the config file.
+    let cfg = tmp.path().join("given.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nout = \"run\"\n\n[convert]\nsource = {:?}\n\n[merge]\nadapters = \"adapters/peft\"\n",
+            common::fixture("hf-vit-backbone")
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let (ok, out, err) = run(&[c, "--quiet"]);
+    assert!(ok, "{out}{err}");
+    let train = status_of(&out, "train");
+    assert!(
+        train.starts_with("skipped") && train.contains("adapters given in [merge]"),
+        "{out}"
+    );
+    for stage in ["convert", "merge", "export", "verify"] {
+        assert!(status_of(&out, stage).starts_with("done"), "{stage}: {out}");
+    }
+    assert!(status_of(&out, "merge").contains("PEFT LoRA"), "{out}");
+    let run_dir = tmp.path().join("run");
+    assert!(!run_dir.join("train").exists());
+    let verify: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("verify.json")).unwrap())
+            .unwrap();
+    assert_eq!(verify["pass"], true);
+    let summary = std::fs::read_to_string(run_dir.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("adapters given in [merge]") && summary.contains("PEFT LoRA"),
+        "{summary}"
+    );
+
+    // The same folder through `pipeline merge` gives the same model.
+    let diff = max_abs_diff_of_checkpoints(
+        &run_dir.join("merged"),
+        &merge_by_hand(
+            &run_dir.join("model"),
+            &ad.join("peft"),
+            tmp.path().join("merged-peft"),
+        ),
+    );
+    assert!(diff < 1e-6, "run vs pipeline merge: {diff}");
+
+    // Unchanged: all cached.
+    let (ok, out, err) = run(&[c, "--quiet"]);
+    assert!(ok, "{out}{err}");
+    for stage in ["convert", "merge", "export", "verify"] {
+        assert!(
+            status_of(&out, stage).starts_with("skipped (unchanged)"),
+            "{stage}: {out}"
+        );
+    }
+    assert!(status_of(&out, "train").contains("adapters given"), "{out}");
+
+    // A changed adapter (here only its config file) redoes merge onwards.
+    let peft_cfg = ad.join("peft/adapter_config.json");
+    let mut text = std::fs::read_to_string(&peft_cfg).unwrap();
+    text.push('\n');
+    std::fs::write(&peft_cfg, text).unwrap();
+    let (ok, out, err) = run(&[c, "--quiet"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        status_of(&out, "convert").starts_with("skipped (unchanged)"),
+        "{out}"
+    );
+    for stage in ["merge", "export", "verify"] {
+        assert!(status_of(&out, stage).starts_with("done"), "{stage}: {out}");
+    }
+
+    // Our own adapters folder folds the same way, onto the same model.
+    let ours = ad.to_str().unwrap().to_string();
+    let (ok, out, err) = run(&[c, "--quiet", "--set", &format!("merge.adapters={ours:?}")]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        status_of(&out, "merge").starts_with("done")
+            && status_of(&out, "merge").contains(adapters::FORMAT),
+        "{out}"
+    );
+    assert!(status_of(&out, "verify").starts_with("done"), "{out}");
+    let diff = max_abs_diff_of_checkpoints(
+        &run_dir.join("merged"),
+        &merge_by_hand(&run_dir.join("model"), &ad, tmp.path().join("merged-ours")),
+    );
+    assert!(diff < 1e-6, "run vs pipeline merge (ours): {diff}");
 }
 
 #[test]

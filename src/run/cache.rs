@@ -99,6 +99,16 @@ impl<'a> StageCache<'a> {
         Ok(())
     }
 
+    /// A stage that does not apply to this run (reported as skipped, with why). `--from`
+    /// naming it still makes every stage after it run.
+    pub fn skip(&mut self, name: &'static str, why: &str) {
+        if self.from == Some(name) {
+            self.forced = true;
+        }
+        self.say(&format!("[{name}] skipped: {why}"));
+        self.push(name, "skipped", why.into());
+    }
+
     pub fn push(&mut self, stage: &str, status: &str, summary: String) {
         self.results.push(StageResult {
             stage: stage.into(),
@@ -181,6 +191,12 @@ mod tests {
         // --from: that stage and every one after it run.
         let mut c = StageCache::open(tmp.path(), Some("convert"), true);
         assert!(ran(&mut c, "convert", "a", true) && ran(&mut c, "train", "c", true));
+        // --from a stage that does not apply: the ones after it still run.
+        let mut c = StageCache::open(tmp.path(), Some("train"), true);
+        assert!(!ran(&mut c, "convert", "a", true));
+        c.skip("train", "adapters given");
+        assert!(ran(&mut c, "merge", "m", true));
+        assert_eq!(c.results[1].status, "skipped");
     }
 
     #[test]

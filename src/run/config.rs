@@ -13,7 +13,11 @@ use crate::train::TrainConfig;
 pub struct RunConfig {
     pub run: RunSection,
     pub convert: ConvertSection,
+    /// Optional when `[merge] adapters` is given (training is then skipped).
+    #[serde(default)]
     pub train: TrainConfig,
+    #[serde(default)]
+    pub merge: MergeSection,
     #[serde(default)]
     pub export: ExportSection,
     #[serde(default)]
@@ -39,6 +43,14 @@ pub struct ConvertSection {
     /// Working input size (resamples the position grid once); default: the source's.
     #[serde(default)]
     pub image_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergeSection {
+    /// Adapters to fold into the converted base instead of training (relative to the
+    /// config file): our adapters folder or a PEFT LoRA folder from PyTorch.
+    pub adapters: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -116,7 +128,13 @@ pub fn load_config(path: &Path, overrides: &[String]) -> Result<RunConfig, RunEr
         toml::to_string(&doc).expect("toml")
     };
     let mut cfg: RunConfig = toml::from_str(&merged).map_err(|e| cfg_err(e.to_string()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
+    resolve_paths(&mut cfg, path.parent().unwrap_or(Path::new(".")));
+    check_inputs(&cfg).map_err(cfg_err)?;
+    Ok(cfg)
+}
+
+/// Paths in the config are relative to the config file.
+fn resolve_paths(cfg: &mut RunConfig, base: &Path) {
     let rel = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()
@@ -125,20 +143,49 @@ pub fn load_config(path: &Path, overrides: &[String]) -> Result<RunConfig, RunEr
         }
     };
     cfg.run.out = rel(&cfg.run.out);
-    cfg.train.data = rel(&cfg.train.data);
+    // No `[train] data` stays empty (allowed with `[merge] adapters`), not the config's folder.
+    if !cfg.train.data.as_os_str().is_empty() {
+        cfg.train.data = rel(&cfg.train.data);
+    }
     cfg.train.val_data = cfg.train.val_data.as_deref().map(rel);
+    cfg.merge.adapters = cfg.merge.adapters.as_deref().map(rel);
     cfg.verify.images = cfg.verify.images.iter().map(|p| rel(p)).collect();
     let local = base.join(&cfg.convert.source);
     if !cfg.convert.source.starts_with("preset:") && local.exists() {
         cfg.convert.source = local.to_string_lossy().into_owned();
     }
-    if !cfg.train.data.exists() {
-        return Err(cfg_err(format!(
+}
+
+/// What the stages read must be there before any of them runs.
+fn check_inputs(cfg: &RunConfig) -> Result<(), String> {
+    if let Some(a) = &cfg.merge.adapters {
+        if !a.exists() {
+            return Err(format!("merge.adapters: {} does not exist", a.display()));
+        }
+        if !a.join(crate::train::adapters::CONFIG_FILE).is_file() {
+            return Err(format!(
+                "merge.adapters: {} has no {} (neither our adapters folder nor a PEFT LoRA \
+                 folder)",
+                a.display(),
+                crate::train::adapters::CONFIG_FILE
+            ));
+        }
+    }
+    if cfg.train.data.as_os_str().is_empty() {
+        if cfg.merge.adapters.is_none() {
+            return Err(
+                "train.data: missing (the images to train on), or give [merge] \
+                        adapters = \"PATH\" to fold existing adapters instead of training"
+                    .into(),
+            );
+        }
+    } else if !cfg.train.data.exists() {
+        return Err(format!(
             "train.data: {} does not exist",
             cfg.train.data.display()
-        )));
+        ));
     }
-    Ok(cfg)
+    Ok(())
 }
 
 /// `examples/../runs` -> `runs`, lexically (the folder need not exist yet).

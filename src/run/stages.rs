@@ -17,12 +17,14 @@ pub(super) struct Converted {
     pub hash: String,
 }
 
-/// What training left: LoRA adapters or a fully fine-tuned model.
+/// What training left: LoRA adapters or a fully fine-tuned model; or, with `[merge]
+/// adapters`, the adapters given there (`given`; training skipped).
 pub(super) struct Trained {
     pub dir: PathBuf,
     pub adapters_dir: PathBuf,
     pub hash: String,
     pub mode: Mode,
+    pub given: bool,
 }
 
 impl Trained {
@@ -93,6 +95,20 @@ pub(super) fn train(
     cache: &mut StageCache,
 ) -> Result<Trained, RunError> {
     let dir = cfg.run.out.join("train");
+    if let Some(given) = &cfg.merge.adapters {
+        cache.skip("train", "adapters given in [merge]");
+        return Ok(Trained {
+            dir,
+            adapters_dir: given.clone(),
+            hash: hash_parts(&[
+                b"given adapters",
+                converted.hash.as_bytes(),
+                adapters_hash(given).as_bytes(),
+            ]),
+            mode: Mode::Lora,
+            given: true,
+        });
+    }
     let hash = hash_parts(&[
         b"train",
         converted.hash.as_bytes(),
@@ -104,6 +120,7 @@ pub(super) fn train(
         dir,
         hash,
         mode: cfg.train.mode,
+        given: false,
     };
     let quiet = cache.quiet;
     cache.stage("train", &trained.hash, trained.output().exists(), || {
@@ -127,6 +144,35 @@ pub(super) fn train(
         ))
     })?;
     Ok(trained)
+}
+
+/// Content hash of an adapters folder (ours or PEFT): its config and weights files.
+fn adapters_hash(dir: &Path) -> String {
+    let files = [
+        crate::train::adapters::CONFIG_FILE,
+        crate::train::adapters::WEIGHTS_FILE,
+        crate::train::peft::import::WEIGHTS_FILE,
+    ];
+    let mut parts = Vec::new();
+    for f in files {
+        let digest = std::fs::read(dir.join(f))
+            .map(|b| crate::checkpoint::hex(&Sha256::digest(&b)))
+            .unwrap_or_default();
+        parts.push(format!("{f}:{digest}"));
+    }
+    let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    hash_parts(&parts)
+}
+
+/// The weights file of an adapters folder, ours or PEFT, if either is there.
+fn adapters_weights(dir: &Path) -> Option<PathBuf> {
+    [
+        crate::train::adapters::WEIGHTS_FILE,
+        crate::train::peft::import::WEIGHTS_FILE,
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .find(|p| p.is_file())
 }
 
 /// Resume an interrupted run of the same settings (returns true); otherwise start over in
@@ -163,8 +209,8 @@ pub(super) fn merge(
                     crate::merge::merge(&converted.model_dir, &trained.adapters_dir, &dir, true)
                         .map_err(|e| stage_err("merge")(e.to_string()))?;
                 Ok(format!(
-                    "{} layers merged, max |adapter - merged| {:.2e}",
-                    r.layers_merged, r.max_abs_diff
+                    "{} layers merged ({}), max |adapter - merged| {:.2e}",
+                    r.layers_merged, r.adapters_format, r.max_abs_diff
                 ))
             }
             Mode::Full => {
@@ -190,7 +236,7 @@ pub(super) fn export(
         &hash,
         package.join("Manifest.json").exists(),
         || {
-            let opts = export_options(cfg, &trained.dir).map_err(stage_err("export"))?;
+            let opts = export_options(cfg, trained).map_err(stage_err("export"))?;
             let r = coreml::export(&merged.dir, &package, &opts)
                 .map_err(|e| stage_err("export")(e.to_string()))?;
             Ok(format!(
@@ -275,7 +321,7 @@ pub(super) fn bench(cfg: &RunConfig, cache: &mut StageCache) {
     }
 }
 
-fn export_options(cfg: &RunConfig, train_dir: &Path) -> Result<coreml::ExportOptions, String> {
+fn export_options(cfg: &RunConfig, trained: &Trained) -> Result<coreml::ExportOptions, String> {
     let e = &cfg.export;
     let precision: Precision = e
         .precision
@@ -305,15 +351,16 @@ fn export_options(cfg: &RunConfig, train_dir: &Path) -> Result<coreml::ExportOpt
             ))
         }
     };
-    let summary: Option<serde_json::Value> =
-        std::fs::read_to_string(train_dir.join("summary.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+    // Given adapters were not trained here: no accuracy or dataset of ours to record.
+    let summary: Option<serde_json::Value> = (!trained.given)
+        .then(|| std::fs::read_to_string(trained.dir.join("summary.json")).ok())
+        .flatten()
+        .and_then(|t| serde_json::from_str(&t).ok());
     let val_accuracy = summary
         .as_ref()
         .and_then(|s| s["final_eval"]["top1"].as_f64());
-    let adapters_hash = std::fs::read(train_dir.join("adapters/adapters.safetensors"))
-        .ok()
+    let adapters_hash = adapters_weights(&trained.adapters_dir)
+        .and_then(|p| std::fs::read(p).ok())
         .map(|b| crate::checkpoint::hex(&Sha256::digest(&b)));
     Ok(coreml::ExportOptions {
         precision,
@@ -326,7 +373,7 @@ fn export_options(cfg: &RunConfig, train_dir: &Path) -> Result<coreml::ExportOpt
             description: e.description.clone(),
             version: e.version.clone(),
             adapters_hash,
-            dataset: Some(cfg.train.data.display().to_string()),
+            dataset: (!trained.given).then(|| cfg.train.data.display().to_string()),
             val_accuracy,
             user_defined: e.metadata.clone(),
             ..Default::default()
@@ -338,6 +385,9 @@ fn export_options(cfg: &RunConfig, train_dir: &Path) -> Result<coreml::ExportOpt
 
 /// Up to `n` validation images (folder layout DATA/val/CLASS/*), in a fixed order.
 fn validation_images(data: &Path, n: usize) -> Vec<PathBuf> {
+    if data.as_os_str().is_empty() {
+        return Vec::new(); // no [train] data (given adapters): a probe batch
+    }
     let val = data.join("val");
     let mut found = Vec::new();
     let mut classes: Vec<PathBuf> = std::fs::read_dir(&val)

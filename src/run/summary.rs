@@ -37,10 +37,20 @@ pub(super) fn write_summary(out: &Path, r: &RunReport) -> Result<(), RunError> {
             s.summary.replace('\n', " ")
         );
     }
+    // Training skipped (adapters given in [merge]): no curves of this run to point at.
+    let trained = r
+        .stages
+        .iter()
+        .any(|s| s.stage == "train" && s.status != "skipped");
+    let curves = if trained {
+        "Training curves: `train/curves.png`; verification"
+    } else {
+        "Verification"
+    };
     let _ = writeln!(
         md,
-        "\nPackage: `{}`. Training curves: `train/curves.png`; verification: `verify.json`; \
-         reference for `coreml-bench --reference`: `reference.json`.",
+        "\nPackage: `{}`. {curves}: `verify.json`; reference for \
+         `coreml-bench --reference`: `reference.json`.",
         r.package.display()
     );
     let p = out.join("summary.md");
