@@ -3,61 +3,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
 use mlx_coreml_pipeline::checkpoint::Checkpoint;
 use mlx_coreml_pipeline::model;
-use mlx_coreml_pipeline::rng::Rng;
-use mlx_coreml_pipeline::train::{self, adapters};
+use mlx_coreml_pipeline::train::adapters;
 use mlx_rs::Array;
 
 fn pipeline() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pipeline"))
-}
-
-/// A base and adapters as training leaves them: LoRA on every linear layer with
-/// non-zero B, a new 4-class head and trained norms.
-fn base_and_adapters(dir: &Path, fixture_name: &str) -> (PathBuf, PathBuf) {
-    let (_t, conv) = converted(fixture_name);
-    let base = dir.join("base");
-    std::fs::rename(&conv, &base).unwrap();
-    let ck = Checkpoint::load(&base).unwrap();
-    let mut vit = model::from_checkpoint(&ck).unwrap();
-    let cfg = train::LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        targets: "all".into(),
-    };
-    let layers = train::lora::attach(&mut vit, &cfg, 1).unwrap();
-    let mut rng = Rng::new(11);
-    common::random_lora_b(&mut vit, &mut rng, 0.05);
-    let d = ck.config.hidden_size;
-    let w: Vec<f32> = (0..4 * d).map(|_| rng.normal() * 0.2).collect();
-    vit.head.weight.value = Some(Array::from_slice(&w, &[4, d as i32]));
-    vit.head.bias.value = Some(Array::from_slice(&[0.1f32, 0.0, -0.1, 0.2], &[4]));
-    let nw: Vec<f32> = (0..d).map(|_| 1.0 + rng.normal() * 0.05).collect();
-    vit.norm.weight.value = Array::from_slice(&nw, &[d as i32]);
-    let acfg = adapters::AdapterConfig {
-        format: adapters::FORMAT.into(),
-        lora: cfg,
-        layers,
-        base_model_hash: ck.content_hash(),
-        base_model_source: ck.config.provenance.source.clone(),
-        classes: ["w", "x", "y", "z"].iter().map(|s| s.to_string()).collect(),
-        mean: ck.config.preprocess.mean,
-        std: ck.config.preprocess.std,
-        replaced: vec![
-            "head.weight".into(),
-            "head.bias".into(),
-            "norm.weight".into(),
-        ],
-    };
-    let ad = dir.join("adapters");
-    adapters::save(&ad, &vit, &acfg, &ck.config).unwrap();
-    (base, ad)
 }
 
 #[test]

@@ -9,11 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mlx_coreml_pipeline::checkpoint::Checkpoint;
-use mlx_coreml_pipeline::model;
-use mlx_coreml_pipeline::rng::Rng;
-use mlx_coreml_pipeline::train::{self, adapters};
-use mlx_rs::Array;
+use mlx_coreml_pipeline::train::adapters;
 
 fn pipeline() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pipeline"))
@@ -222,48 +218,6 @@ fn config_errors_are_clear() {
     );
 }
 
-/// Adapters for a fixture as training leaves them (LoRA on every linear layer with
-/// non-zero B, a new 4-class head, trained norms), saved with their PEFT folders (`peft/`
-/// among them); built on the fixture converted into `dir/base`.
-fn adapters_for(dir: &Path, fixture_name: &str) -> PathBuf {
-    let (_t, conv) = common::converted(fixture_name);
-    let base = dir.join("base");
-    std::fs::rename(&conv, &base).unwrap();
-    let ck = Checkpoint::load(&base).unwrap();
-    let mut vit = model::from_checkpoint(&ck).unwrap();
-    let cfg = train::LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        targets: "all".into(),
-    };
-    let layers = train::lora::attach(&mut vit, &cfg, 1).unwrap();
-    let mut rng = Rng::new(11);
-    common::random_lora_b(&mut vit, &mut rng, 0.05);
-    common::random_head(&mut vit, &mut rng, 4, 0.2);
-    let d = ck.config.hidden_size;
-    let nw: Vec<f32> = (0..d).map(|_| 1.0 + rng.normal() * 0.05).collect();
-    vit.norm.weight.value = Array::from_slice(&nw, &[d as i32]);
-    let acfg = adapters::AdapterConfig {
-        format: adapters::FORMAT.into(),
-        lora: cfg,
-        layers,
-        base_model_hash: ck.content_hash(),
-        base_model_source: ck.config.provenance.source.clone(),
-        classes: ["w", "x", "y", "z"].iter().map(|s| s.to_string()).collect(),
-        mean: ck.config.preprocess.mean,
-        std: ck.config.preprocess.std,
-        replaced: vec![
-            "head.weight".into(),
-            "head.bias".into(),
-            "norm.weight".into(),
-        ],
-    };
-    let ad = dir.join("adapters");
-    adapters::save(&ad, &vit, &acfg, &ck.config).unwrap();
-    ad
-}
-
 /// `pipeline merge` of `adapters` into `base`, into `out`.
 fn merge_by_hand(base: &Path, adapters: &Path, out: PathBuf) -> PathBuf {
     common::run_ok(
@@ -300,7 +254,7 @@ fn max_abs_diff_of_checkpoints(a: &Path, b: &Path) -> f32 {
 #[test]
 fn merge_adapters_fold_given_peft_or_ours_skipping_train() {
     let tmp = tempfile::tempdir().unwrap();
-    let ad = adapters_for(tmp.path(), "hf-vit-backbone");
+    let (_, ad) = common::base_and_adapters(tmp.path(), "hf-vit-backbone");
     assert!(ad.join("peft/adapter_model.safetensors").exists());
     // No [train] section: the adapters path is relative to the config file.
     let cfg = tmp.path().join("given.toml");
