@@ -204,6 +204,23 @@ enum Command {
         /// `coreml-bench --reference FILE.json` file (the package's feature names).
         #[arg(long, value_name = "FILE.json")]
         reference_out: Option<PathBuf>,
+        /// Labelled images (a folder with class subfolders, or the train stage's CSV /
+        /// JSON lists; the validation split of a train/val folder): top-1 of the package
+        /// and of the model (--model) on them, and their agreement.
+        #[arg(long, value_name = "DATA")]
+        data: Option<PathBuf>,
+        /// Use at most this many images of --data (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Compressed packages are judged by accuracy, not by the fp16 error thresholds:
+        /// with --data, the package's top-1 may be at most this many points below the
+        /// model's.
+        #[arg(long, default_value_t = 1.0)]
+        max_top1_drop: f64,
+        /// Compressed packages without --data: the least fraction of inputs on which
+        /// the package's top-1 agrees with the model's.
+        #[arg(long, default_value_t = 0.95)]
+        min_agreement: f64,
     },
 }
 
@@ -719,6 +736,10 @@ fn run(cli: Cli) -> Result<()> {
             probe,
             json,
             reference_out,
+            data,
+            limit,
+            max_top1_drop,
+            min_agreement,
         } => {
             let opts = lib::verify::VerifyOptions {
                 model,
@@ -727,6 +748,13 @@ fn run(cli: Cli) -> Result<()> {
                 probe,
                 seed: 0,
                 reference_out: reference_out.clone(),
+                data,
+                limit,
+                compressed: lib::coreml::verify::CompressedRules {
+                    max_top1_drop,
+                    min_agreement,
+                    ..Default::default()
+                },
             };
             let r = lib::verify::verify(&package, &opts)
                 .with_context(|| format!("verifying {}", package.display()))?;
@@ -739,8 +767,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if !r.pass {
                 anyhow::bail!(
-                    "{} does not match its reference within the thresholds",
-                    package.display()
+                    "{} does not pass ({})",
+                    package.display(),
+                    r.rule.describe()
                 );
             }
         }

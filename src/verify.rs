@@ -27,6 +27,8 @@ pub enum VerifyStageError {
     Image(#[from] imaging::ImageError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     #[cfg(feature = "mlx")]
     #[error(transparent)]
     Embed(#[from] crate::embed::EmbedError),
@@ -60,6 +62,14 @@ pub struct VerifyOptions {
     /// Also write the inputs and reference outputs compared against here, as a
     /// `coreml-bench --reference` JSON file under the package's feature names.
     pub reference_out: Option<PathBuf>,
+    /// A labelled data set (image folder with class subfolders, or the train stage's
+    /// CSV / JSON lists; its validation split when it has one): top-1 of the package and
+    /// of the model on the same images.
+    pub data: Option<PathBuf>,
+    /// At most this many images of `data` (0: all).
+    pub limit: usize,
+    /// How a compressed package is judged.
+    pub compressed: coreml::verify::CompressedRules,
 }
 
 /// Reference-file tensors by name.
@@ -136,46 +146,95 @@ pub fn package_precision(pkg: &Package) -> Precision {
     }
 }
 
-pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyStageError> {
-    let pkg = Package::open(pkg_path)?;
-    let precision = package_precision(&pkg);
-    let package_inputs = pkg.inputs()?;
-    let (input_name, input_ty) = package_inputs
-        .first()
-        .cloned()
-        .ok_or_else(|| VerifyStageError::Usage("the package has no input".into()))?;
-    let image_input = input_name == "image";
-    let shape = input_ty.shape.clone();
-    let size = *shape.last().unwrap_or(&0);
+/// Metadata key under which an export records its weight compression.
+pub const COMPRESSION_KEY: &str = "compression";
 
-    let cfg = match &opts.model {
-        Some(dir) => Some(checkpoint::read_config(dir)?),
-        None => None,
-    };
-    let reference = opts.reference.as_deref().map(read_all).transpose()?;
+/// The package's weight compression, from its metadata (None: plain fp16/fp32 weights).
+pub fn package_compression(pkg: &Package) -> Option<String> {
+    pkg.model
+        .description
+        .as_ref()
+        .and_then(|d| d.metadata.as_ref())
+        .and_then(|m| m.user_defined.get(COMPRESSION_KEY))
+        .filter(|v| !v.is_empty() && v.as_str() != "none")
+        .cloned()
+}
+
+/// Images (with labels when they come from a data set) in the package's input size.
+fn image_inputs(
+    paths: &[PathBuf],
+    c: &ModelConfig,
+    size: usize,
+) -> Result<Inputs, VerifyStageError> {
+    let mut raw = Vec::new();
+    for p in paths {
+        let img =
+            imaging::eval_transform(&imaging::load_rgb(p)?, c.preprocess.resize_shorter, size);
+        let n = size * size;
+        let start = raw.len();
+        raw.resize(start + 3 * n, 0.0);
+        for (i, px) in img.pixels().enumerate() {
+            for ch in 0..3 {
+                raw[start + ch * n + i] = f32::from(px[ch]);
+            }
+        }
+    }
+    Ok(from_raw(raw, vec![paths.len(), 3, size, size], c))
+}
+
+/// The labelled images of `data` (its validation split when it has one), labels in the
+/// model's class order.
+fn labelled(
+    data: &Path,
+    c: &ModelConfig,
+    limit: usize,
+) -> Result<(Vec<PathBuf>, Vec<usize>), VerifyStageError> {
+    let classes = c.class_names.clone().ok_or_else(|| {
+        VerifyStageError::Usage(format!(
+            "--data needs class names in the model ({} has none): labels are matched to them by name",
+            c.provenance.source
+        ))
+    })?;
+    let src = crate::data::DataSource::detect(data)?;
+    let (all, val) = crate::data::load_split(&src, None, Some(classes))?;
+    let set = val.unwrap_or(all);
+    let mut samples = set.samples;
+    if limit > 0 && samples.len() > limit {
+        samples.truncate(limit);
+    }
+    if samples.is_empty() {
+        return Err(VerifyStageError::Usage(format!(
+            "{}: no images",
+            data.display()
+        )));
+    }
+    Ok(samples.into_iter().map(|s| (s.path, s.label)).unzip())
+}
+
+/// The inputs to compare on: a data set's images, given images, the reference file's
+/// pixels, or a seeded probe batch; with labels for the first.
+fn gather_inputs(
+    opts: &VerifyOptions,
+    cfg: Option<&ModelConfig>,
+    reference: Option<&[(String, Tensor)]>,
+    image_input: bool,
+    size: usize,
+) -> Result<(Inputs, Option<Vec<usize>>), VerifyStageError> {
     let need_cfg = |what: &str| {
         VerifyStageError::Usage(format!(
             "{what} needs --model (for the checkpoint's preprocessing)"
         ))
     };
-
-    let inputs = if !opts.images.is_empty() {
-        let c = cfg.as_ref().ok_or_else(|| need_cfg("--images"))?;
-        let mut raw = Vec::new();
-        for p in &opts.images {
-            let img =
-                imaging::eval_transform(&imaging::load_rgb(p)?, c.preprocess.resize_shorter, size);
-            let n = size * size;
-            let start = raw.len();
-            raw.resize(start + 3 * n, 0.0);
-            for (i, px) in img.pixels().enumerate() {
-                for ch in 0..3 {
-                    raw[start + ch * n + i] = f32::from(px[ch]);
-                }
-            }
-        }
-        from_raw(raw, vec![opts.images.len(), 3, size, size], c)
-    } else if let Some(r) = &reference {
+    if let Some(data) = &opts.data {
+        let c = cfg.ok_or_else(|| need_cfg("--data"))?;
+        let (paths, labels) = labelled(data, c, opts.limit)?;
+        return Ok((image_inputs(&paths, c, size)?, Some(labels)));
+    }
+    if !opts.images.is_empty() {
+        let c = cfg.ok_or_else(|| need_cfg("--images"))?;
+        return Ok((image_inputs(&opts.images, c, size)?, None));
+    }
+    if let Some(r) = reference {
         let x = r
             .iter()
             .find(|(n, _)| n == "pixel_values")
@@ -186,27 +245,126 @@ pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
         if image_input && cfg.is_none() {
             return Err(need_cfg("an image-input package with --reference"));
         }
-        from_normalised(x, cfg.as_ref())
-    } else {
-        let c = cfg.as_ref().ok_or_else(|| {
-            VerifyStageError::Usage("give --model (compare with MLX) or --reference FILE".into())
-        })?;
-        let n = opts.probe.max(1);
-        let mut rng = Rng::new(opts.seed);
-        let raw: Vec<f32> = (0..n * 3 * size * size)
-            .map(|_| (rng.uniform() * 255.0).round() as f32)
-            .collect();
-        from_raw(raw, vec![n, 3, size, size], c)
-    };
+        return Ok((from_normalised(x, cfg), None));
+    }
+    let c = cfg.ok_or_else(|| {
+        VerifyStageError::Usage("give --model (compare with MLX) or --reference FILE".into())
+    })?;
+    let n = opts.probe.max(1);
+    let mut rng = Rng::new(opts.seed);
+    let raw: Vec<f32> = (0..n * 3 * size * size)
+        .map(|_| (rng.uniform() * 255.0).round() as f32)
+        .collect();
+    Ok((from_raw(raw, vec![n, 3, size, size], c), None))
+}
 
-    let outputs: Vec<(String, Tensor)> = match (&reference, &opts.model) {
-        (Some(r), _) => r
+/// Top-1 of the package's class scores and of the reference logits against labels.
+fn accuracy(
+    got: &std::collections::BTreeMap<String, Vec<f32>>,
+    reference: &[(String, Tensor)],
+    labels: &[usize],
+) -> Result<coreml::verify::AccuracyCheck, VerifyStageError> {
+    let logits = reference
+        .iter()
+        .find(|(n, _)| n == "logits")
+        .map(|(_, t)| t)
+        .ok_or_else(|| {
+            VerifyStageError::Usage("--data needs a model with a classification head".into())
+        })?;
+    let classes = *logits.shape.last().unwrap_or(&1);
+    let scores = got
+        .get(names::LOGITS)
+        .or_else(|| got.get(names::PROBS))
+        .ok_or_else(|| {
+            VerifyStageError::Usage(
+                "--data needs a package with class scores (logits or classifier output)".into(),
+            )
+        })?;
+    let ours = coreml::verify::predictions(scores, classes);
+    let theirs = coreml::verify::predictions(&logits.data, classes);
+    let n = labels.len().max(1) as f64;
+    let hits = |p: &[usize]| p.iter().zip(labels).filter(|(a, b)| a == b).count() as f64 / n;
+    Ok(coreml::verify::AccuracyCheck {
+        examples: labels.len(),
+        package_top1: hits(&ours),
+        reference_top1: hits(&theirs),
+        agreement: ours.iter().zip(&theirs).filter(|(a, b)| a == b).count() as f64 / n,
+    })
+}
+
+pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyStageError> {
+    let pkg = Package::open(pkg_path)?;
+    let precision = package_precision(&pkg);
+    let package_inputs = pkg.inputs()?;
+    let (input_name, input_ty) = package_inputs
+        .first()
+        .cloned()
+        .ok_or_else(|| VerifyStageError::Usage("the package has no input".into()))?;
+    let image_input = input_name == "image";
+    let size = *input_ty.shape.last().unwrap_or(&0);
+    let cfg = match &opts.model {
+        Some(dir) => Some(checkpoint::read_config(dir)?),
+        None => None,
+    };
+    let reference = opts.reference.as_deref().map(read_all).transpose()?;
+    let (inputs, labels) =
+        gather_inputs(opts, cfg.as_ref(), reference.as_deref(), image_input, size)?;
+    let outputs = reference_outputs(&pkg, reference.as_deref(), opts, &inputs)?;
+    let x = if image_input {
+        inputs.raw.ok_or_else(|| {
+            VerifyStageError::Usage(
+                "an image-input package needs --model (for the checkpoint's preprocessing)".into(),
+            )
+        })?
+    } else {
+        inputs.normalised
+    };
+    let inputs = [(input_name, x)];
+    let run = coreml::verify::run_examples(pkg_path, &inputs)?;
+    let th = coreml::verify::Thresholds::for_precision(precision);
+    let checks = coreml::verify::compare(&run.outputs, &outputs, &th)?;
+    let mut report = VerifyReport {
+        package: pkg_path.to_path_buf(),
+        precision,
+        examples: run.examples,
+        thresholds: th,
+        rule: coreml::verify::Rule::Thresholds,
+        compression: None,
+        accuracy: None,
+        pass: checks.iter().all(|c| c.pass),
+        outputs: checks,
+    };
+    if let Some(labels) = &labels {
+        report.accuracy = Some(accuracy(&run.outputs, &outputs, labels)?);
+    }
+    if let Some(c) = package_compression(&pkg) {
+        report.judge_compressed(c, &opts.compressed);
+    }
+    if let Some(path) = &opts.reference_out {
+        write_reference_out(&pkg, path, opts, &inputs, &outputs)?;
+    }
+    Ok(report)
+}
+
+/// The reference outputs the package has counterparts of: from the reference file or
+/// the MLX forward of `--model`.
+fn reference_outputs(
+    pkg: &Package,
+    reference: Option<&[(String, Tensor)]>,
+    opts: &VerifyOptions,
+    inputs: &Inputs,
+) -> Result<Vec<(String, Tensor)>, VerifyStageError> {
+    let outputs: Vec<(String, Tensor)> = match (reference, &opts.model) {
+        (Some(r), _) if opts.data.is_none() && opts.images.is_empty() => r
             .iter()
             .filter(|(n, _)| n != "pixel_values" && !n.ends_with("_interp"))
             .cloned()
             .collect(),
-        (None, Some(model)) => mlx_reference(model, &inputs.normalised)?,
-        (None, None) => unreachable!("checked above"),
+        (_, Some(model)) => mlx_reference(model, &inputs.normalised)?,
+        _ => return Err(VerifyStageError::Usage(
+            "images or --data need --model: the reference file's outputs belong to its own pixels"
+                .into(),
+        )),
     };
     let names = pkg.output_names()?;
     let has = |n: &str| names.iter().any(|o| o == n);
@@ -224,34 +382,33 @@ pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
             "no reference output matches the package's outputs {names:?}"
         )));
     }
-    let x = if image_input {
-        inputs
-            .raw
-            .ok_or_else(|| need_cfg("an image-input package"))?
-    } else {
-        inputs.normalised
+    Ok(outputs)
+}
+
+fn write_reference_out(
+    pkg: &Package,
+    path: &Path,
+    opts: &VerifyOptions,
+    inputs: &[(String, Tensor)],
+    outputs: &[(String, Tensor)],
+) -> Result<(), VerifyStageError> {
+    let names = pkg.output_names()?;
+    let source = match (&opts.reference, &opts.model) {
+        (Some(r), _) => format!("pipeline verify: reference outputs of {}", r.display()),
+        (None, Some(m)) => format!("pipeline verify: MLX forward of {}", m.display()),
+        (None, None) => "pipeline verify".to_string(),
     };
-    let inputs = [(input_name, x)];
-    let report = verify_against(pkg_path, &inputs, &outputs, precision)?;
-    if let Some(path) = &opts.reference_out {
-        let source = match (&opts.reference, &opts.model) {
-            (Some(r), _) => format!("pipeline verify: reference outputs of {}", r.display()),
-            (None, Some(m)) => format!("pipeline verify: MLX forward of {}", m.display()),
-            (None, None) => "pipeline verify".to_string(),
-        };
-        let out_err = |source| VerifyStageError::ReferenceOut {
-            path: path.clone(),
-            source,
-        };
-        let file = reference_file(&pkg, source, &inputs, &outputs, &names).map_err(|msg| {
-            out_err(BenchError::Invalid {
-                path: path.clone(),
-                msg,
-            })
-        })?;
-        file.write(path).map_err(out_err)?;
-    }
-    Ok(report)
+    let out_err = |source| VerifyStageError::ReferenceOut {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = reference_file(pkg, source, inputs, outputs, &names).map_err(|msg| {
+        out_err(BenchError::Invalid {
+            path: path.to_path_buf(),
+            msg,
+        })
+    })?;
+    file.write(path).map_err(out_err)
 }
 
 /// The `coreml-bench --reference` file for a comparison: the package's inputs as given

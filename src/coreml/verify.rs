@@ -65,6 +65,66 @@ pub struct OutputCheck {
     pub pass: bool,
 }
 
+/// Which rule decided `pass`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Every output within the precision's error thresholds (uncompressed packages).
+    Thresholds,
+    /// Compressed, labelled data: the package's top-1 at most `max_top1_drop` points
+    /// below the reference model's on the same images.
+    Top1Drop,
+    /// Compressed, no labels: the package's top-1 agrees with the reference model's on
+    /// at least `min_agreement` of the examples.
+    Agreement,
+    /// Compressed, no class scores (a features package): relative error under
+    /// `compressed_max_relative_error`.
+    CompressedError,
+}
+
+impl Rule {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Rule::Thresholds => "error thresholds of the precision",
+            Rule::Top1Drop => "compressed: top-1 on labelled data against the model's",
+            Rule::Agreement => "compressed: top-1 agreement with the model (no labels given)",
+            Rule::CompressedError => "compressed features: loose relative error",
+        }
+    }
+}
+
+/// Top-1 of the package and of the reference model on labelled examples.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccuracyCheck {
+    pub examples: usize,
+    /// Fractions in 0..1.
+    pub package_top1: f64,
+    pub reference_top1: f64,
+    /// Fraction of examples where both predict the same class.
+    pub agreement: f64,
+}
+
+/// How compressed packages are judged (uncompressed ones use `Thresholds`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CompressedRules {
+    /// Points of top-1 the package may lose on labelled data.
+    pub max_top1_drop: f64,
+    /// Fraction of top-1 agreement without labels.
+    pub min_agreement: f64,
+    /// Relative error allowed for a compressed package without class scores.
+    pub max_relative_error: f64,
+}
+
+impl Default for CompressedRules {
+    fn default() -> Self {
+        CompressedRules {
+            max_top1_drop: 1.0,
+            min_agreement: 0.95,
+            max_relative_error: 0.1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
     pub package: PathBuf,
@@ -72,8 +132,52 @@ pub struct VerifyReport {
     /// Examples run (the reference batch size).
     pub examples: usize,
     pub thresholds: Thresholds,
+    /// The rule that decided `pass`.
+    pub rule: Rule,
+    /// The package's weight compression (its metadata), when it has one.
+    pub compression: Option<String>,
+    /// Top-1 on labelled data, when labels were given.
+    pub accuracy: Option<AccuracyCheck>,
     pub outputs: Vec<OutputCheck>,
     pub pass: bool,
+}
+
+/// Row-wise argmax of class scores, `classes` per row.
+pub fn predictions(scores: &[f32], classes: usize) -> Vec<usize> {
+    scores.chunks(classes.max(1)).map(argmax).collect()
+}
+
+impl VerifyReport {
+    /// Judges a compressed package by accuracy instead of the error thresholds:
+    /// `accuracy` when labels were given, else top-1 agreement of the class scores, else
+    /// a loose relative error. The per-output checks stay in the report as measurements.
+    pub fn judge_compressed(&mut self, compression: String, rules: &CompressedRules) {
+        self.compression = Some(compression);
+        let finite = self.outputs.iter().all(|o| !o.relative_error.is_nan());
+        let (rule, pass) = if let Some(a) = &self.accuracy {
+            (
+                Rule::Top1Drop,
+                a.package_top1 * 100.0 >= a.reference_top1 * 100.0 - rules.max_top1_drop,
+            )
+        } else if let Some(agree) = self.outputs.iter().find_map(|o| o.top1_agreement) {
+            (Rule::Agreement, agree >= rules.min_agreement)
+        } else {
+            (
+                Rule::CompressedError,
+                self.outputs
+                    .iter()
+                    .all(|o| o.relative_error < rules.max_relative_error),
+            )
+        };
+        self.rule = rule;
+        self.pass = pass && finite;
+    }
+
+    /// Adds labelled accuracy; for an uncompressed package the thresholds still decide.
+    pub fn with_accuracy(mut self, a: AccuracyCheck) -> Self {
+        self.accuracy = Some(a);
+        self
+    }
 }
 
 impl fmt::Display for VerifyReport {
@@ -115,6 +219,21 @@ impl fmt::Display for VerifyReport {
                 )?;
             }
         }
+        if let Some(c) = &self.compression {
+            writeln!(f, "compressed weights: {c}")?;
+        }
+        if let Some(a) = &self.accuracy {
+            writeln!(
+                f,
+                "top-1 on {} labelled images: package {:.2}%, model {:.2}% ({:+.2} points), agreement {:.2}%",
+                a.examples,
+                a.package_top1 * 100.0,
+                a.reference_top1 * 100.0,
+                (a.package_top1 - a.reference_top1) * 100.0,
+                a.agreement * 100.0
+            )?;
+        }
+        writeln!(f, "judged by: {}", self.rule.describe())?;
         write!(f, "{}", if self.pass { "PASS" } else { "FAIL" })
     }
 }
@@ -164,6 +283,35 @@ pub fn verify_against(
     reference_outputs: &[(String, Tensor)],
     precision: Precision,
 ) -> Result<VerifyReport, VerifyError> {
+    let run = run_examples(pkg, reference_inputs)?;
+    let th = Thresholds::for_precision(precision);
+    let checks = compare(&run.outputs, reference_outputs, &th)?;
+    let pass = checks.iter().all(|c| c.pass);
+    Ok(VerifyReport {
+        package: pkg.to_path_buf(),
+        precision,
+        examples: run.examples,
+        thresholds: th,
+        rule: Rule::Thresholds,
+        compression: None,
+        accuracy: None,
+        outputs: checks,
+        pass,
+    })
+}
+
+/// What a package gave for a batch of examples: each output's values, examples
+/// concatenated (class probabilities in class order).
+pub struct ExampleOutputs {
+    pub examples: usize,
+    pub outputs: std::collections::BTreeMap<String, Vec<f32>>,
+}
+
+/// Runs `pkg` once per example of `reference_inputs`.
+pub fn run_examples(
+    pkg: &Path,
+    reference_inputs: &[(String, Tensor)],
+) -> Result<ExampleOutputs, VerifyError> {
     let package = Package::open(pkg)?;
     let want = package.inputs()?;
     let mut examples = None;
@@ -214,8 +362,18 @@ pub fn verify_against(
             got.entry(name).or_default().extend(vals);
         }
     }
+    Ok(ExampleOutputs {
+        examples,
+        outputs: got,
+    })
+}
 
-    let th = Thresholds::for_precision(precision);
+/// Compares a run's outputs with reference outputs under thresholds `th`.
+pub fn compare(
+    got: &std::collections::BTreeMap<String, Vec<f32>>,
+    reference_outputs: &[(String, Tensor)],
+    th: &Thresholds,
+) -> Result<Vec<OutputCheck>, VerifyError> {
     let mut checks = Vec::new();
     for (rname, rt) in reference_outputs {
         let alias = match rname.as_str() {
@@ -223,7 +381,7 @@ pub fn verify_against(
             "last_hidden_state" => names::TOKENS,
             n => n,
         };
-        let (oname, reference, class_scores) = if let Some(_g) = got.get(alias) {
+        let (oname, reference, class_scores) = if got.contains_key(alias) {
             (alias.to_string(), rt.data.clone(), alias == names::LOGITS)
         } else if alias == names::LOGITS && got.contains_key(names::PROBS) {
             let classes = *rt.shape.last().unwrap_or(&1);
@@ -290,13 +448,5 @@ pub fn verify_against(
     if checks.is_empty() {
         return Err(VerifyError::Reference("no reference outputs".into()));
     }
-    let pass = checks.iter().all(|c| c.pass);
-    Ok(VerifyReport {
-        package: pkg.to_path_buf(),
-        precision,
-        examples,
-        thresholds: th,
-        outputs: checks,
-        pass,
-    })
+    Ok(checks)
 }
