@@ -11,7 +11,7 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::config::ModelConfig;
 use crate::coreml::interp::Package;
 use crate::coreml::vit::names;
-use crate::coreml::{self, verify_against, Precision, Tensor, VerifyReport};
+use crate::coreml::{self, Precision, Tensor, VerifyReport};
 use crate::imaging;
 use crate::rng::Rng;
 
