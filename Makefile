@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup demo test bench-convert bench-export bench-train
+.PHONY: setup demo test bench-convert bench-export bench-train bench-compress
 
 setup:
 	@bash scripts/setup.sh
@@ -35,3 +35,8 @@ bench-export: setup
 bench-train: setup
 	@bash scripts/setup-bench.sh >/dev/null
 	$(CARGO) run --release --quiet --example bench_train
+
+# Compressed export of ViT-B/16 against coremltools' ct.optimize.coreml, side by side.
+bench-compress: setup
+	$(CARGO) build --release --quiet
+	bash scripts/bench-compress.sh

@@ -342,6 +342,27 @@ struct ExportArgs {
     /// Replace an existing package.
     #[arg(long)]
     force: bool,
+    /// Compress the large linear and patch-embedding weights: int8 (per-output-channel
+    /// symmetric, iOS16+), palette8/palette6/palette4/palette2 (k-means palettes of
+    /// 256/64/16/4 entries, iOS16+) or int4 (per-block symmetric, iOS18+). The Neural
+    /// Engine wants per-channel int8 or palettes; per-block int4 is meant for Mac GPUs.
+    /// Everything else stays fp16 (with --precision fp32: fp32, scales and palettes too).
+    #[arg(
+        long,
+        value_name = "METHOD",
+        value_parser = ["int8", "int4", "palette8", "palette6", "palette4", "palette2"]
+    )]
+    compress: Option<String>,
+    /// Palettes: one palette per group of N output channels instead of one per tensor
+    /// (iOS18+).
+    #[arg(long, value_name = "N", requires = "compress")]
+    group_size: Option<usize>,
+    /// int4: input channels per scale [default: 32].
+    #[arg(long, value_name = "N", requires = "compress")]
+    block_size: Option<usize>,
+    /// Compress only weights with more than N elements.
+    #[arg(long, value_name = "N", default_value_t = lib::coreml::compress::DEFAULT_MIN_ELEMENTS)]
+    compress_min_elements: usize,
 }
 
 impl ExportArgs {
@@ -377,6 +398,16 @@ impl ExportArgs {
                 ..Default::default()
             },
             force: self.force,
+            compress: match &self.compress {
+                None => None,
+                Some(m) => Some(lib::coreml::compress::CompressOptions {
+                    method: m.parse()?,
+                    group_size: self.group_size,
+                    block_size: self.block_size,
+                    min_elements: self.compress_min_elements,
+                    threads: 0,
+                }),
+            },
             ..Default::default()
         })
     }

@@ -139,6 +139,37 @@ fn quickstart_end_to_end_then_cached_then_partial_redo() {
             && status_of(&out, "export").starts_with("done"),
         "{out}"
     );
+
+    // Compressing: only export and verify run again; an uncompressed twin is written and
+    // both are judged on the labelled validation split.
+    let (ok, out, err) = run(&[
+        c,
+        "--quiet",
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "train.lr=1e-3",
+        "--set",
+        "export.compress=\"palette6\"",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(status_of(&out, "merge").starts_with("skipped"), "{out}");
+    assert!(status_of(&out, "export").contains("palette6"), "{out}");
+    let verify_line = status_of(&out, "verify");
+    assert!(
+        verify_line.contains("top-1") && verify_line.contains("uncompressed"),
+        "{out}"
+    );
+    assert!(run_dir.join("model-fp16.mlpackage/Manifest.json").exists());
+    let verify: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("verify.json")).unwrap())
+            .unwrap();
+    assert_eq!(verify["rule"], "top1_drop", "{verify}");
+    assert_eq!(verify["compression"], "palette6");
+    assert_eq!(
+        verify["accuracy"]["examples"], 60,
+        "the quickstart's validation split"
+    );
 }
 
 #[test]

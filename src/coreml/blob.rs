@@ -30,6 +30,12 @@ pub enum BlobDType {
     Bf16 = 5,
     I16 = 6,
     U16 = 7,
+    I4 = 8,
+    U1 = 9,
+    U2 = 10,
+    U4 = 11,
+    U3 = 12,
+    U6 = 13,
     I32 = 14,
     U32 = 15,
 }
@@ -44,17 +50,70 @@ impl BlobDType {
             5 => BlobDType::Bf16,
             6 => BlobDType::I16,
             7 => BlobDType::U16,
+            8 => BlobDType::I4,
+            9 => BlobDType::U1,
+            10 => BlobDType::U2,
+            11 => BlobDType::U4,
+            12 => BlobDType::U3,
+            13 => BlobDType::U6,
             14 => BlobDType::I32,
             15 => BlobDType::U32,
             _ => return None,
         })
     }
 
-    pub fn elem_size(self) -> usize {
+    /// The blob type holding MIL values of `dtype`, if blobs can hold them.
+    pub fn of(dtype: crate::coreml::mil::DType) -> Option<Self> {
+        use crate::coreml::mil::DType as D;
+        Some(match dtype {
+            D::F16 => BlobDType::F16,
+            D::F32 => BlobDType::F32,
+            D::U8 => BlobDType::U8,
+            D::I8 => BlobDType::I8,
+            D::I4 => BlobDType::I4,
+            D::U1 => BlobDType::U1,
+            D::U2 => BlobDType::U2,
+            D::U3 => BlobDType::U3,
+            D::U4 => BlobDType::U4,
+            D::U6 => BlobDType::U6,
+            D::I32 => BlobDType::I32,
+            D::U32 => BlobDType::U32,
+            _ => return None,
+        })
+    }
+
+    /// Bits per element.
+    pub fn bits(self) -> u32 {
         match self {
-            BlobDType::U8 | BlobDType::I8 => 1,
-            BlobDType::F16 | BlobDType::Bf16 | BlobDType::I16 | BlobDType::U16 => 2,
-            BlobDType::F32 | BlobDType::I32 | BlobDType::U32 => 4,
+            BlobDType::U1 => 1,
+            BlobDType::U2 => 2,
+            BlobDType::U3 => 3,
+            BlobDType::I4 | BlobDType::U4 => 4,
+            BlobDType::U6 => 6,
+            BlobDType::U8 | BlobDType::I8 => 8,
+            BlobDType::F16 | BlobDType::Bf16 | BlobDType::I16 | BlobDType::U16 => 16,
+            BlobDType::F32 | BlobDType::I32 | BlobDType::U32 => 32,
+        }
+    }
+
+    /// Bytes per element of whole-byte types (sub-byte types: use [`BlobDType::byte_len`]).
+    pub fn elem_size(self) -> usize {
+        self.bits().div_ceil(8) as usize
+    }
+
+    /// Size of `n` elements, bit-packed for sub-byte types: ceil(n * bits / 8).
+    pub fn byte_len(self, n: usize) -> usize {
+        (n * self.bits() as usize).div_ceil(8)
+    }
+
+    /// Unused bits at the end of `n` packed elements (the record's
+    /// `padding_size_in_bits`): 0 for whole-byte types, else 0..8.
+    pub fn padding_bits(self, n: usize) -> u64 {
+        let used = (n * self.bits() as usize) % 8;
+        if used == 0 {
+            0
+        } else {
+            (8 - used) as u64
         }
     }
 }
@@ -62,7 +121,26 @@ impl BlobDType {
 /// Somewhere blobs can be stored: returns the offset of the blob's metadata record,
 /// which is what a program's `BlobFileValue.offset` holds.
 pub trait BlobSink {
-    fn put(&mut self, dtype: BlobDType, data: &[u8]) -> io::Result<u64>;
+    /// Stores `data` with the given count of unused trailing bits (sub-byte types).
+    fn put_padded(&mut self, dtype: BlobDType, data: &[u8], padding_bits: u64) -> io::Result<u64>;
+
+    /// Stores whole-byte data.
+    fn put(&mut self, dtype: BlobDType, data: &[u8]) -> io::Result<u64> {
+        self.put_padded(dtype, data, 0)
+    }
+
+    /// Stores `n` elements of `dtype`, bit-packed when sub-byte (`data` must be
+    /// [`BlobDType::byte_len`] bytes).
+    fn put_elems(&mut self, dtype: BlobDType, n: usize, data: &[u8]) -> io::Result<u64> {
+        if data.len() != dtype.byte_len(n) {
+            return Err(io::Error::other(format!(
+                "{n} elements of {dtype:?} take {} bytes, got {}",
+                dtype.byte_len(n),
+                data.len()
+            )));
+        }
+        self.put_padded(dtype, data, dtype.padding_bits(n))
+    }
 }
 
 /// Counts of what a writer stored.
@@ -82,7 +160,7 @@ pub struct BlobWriter<W: Write + Seek> {
     out: W,
     /// End of the data written so far.
     pos: u64,
-    seen: HashMap<(BlobDType, [u8; 32]), u64>,
+    seen: HashMap<(BlobDType, u64, [u8; 32]), u64>,
     stats: BlobStats,
     all: Sha256,
 }
@@ -125,9 +203,14 @@ fn header(count: u32) -> [u8; HEADER_SIZE as usize] {
 }
 
 impl<W: Write + Seek> BlobSink for BlobWriter<W> {
-    fn put(&mut self, dtype: BlobDType, data: &[u8]) -> io::Result<u64> {
+    fn put_padded(&mut self, dtype: BlobDType, data: &[u8], padding_bits: u64) -> io::Result<u64> {
+        if padding_bits >= 8 {
+            return Err(io::Error::other(format!(
+                "padding of {padding_bits} bits (must be below 8)"
+            )));
+        }
         let hash: [u8; 32] = Sha256::digest(data).into();
-        if let Some(&offset) = self.seen.get(&(dtype, hash)) {
+        if let Some(&offset) = self.seen.get(&(dtype, padding_bits, hash)) {
             self.stats.deduplicated += 1;
             return Ok(offset);
         }
@@ -140,13 +223,17 @@ impl<W: Write + Seek> BlobSink for BlobWriter<W> {
         rec[4..8].copy_from_slice(&(dtype as u32).to_le_bytes());
         rec[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
         rec[16..24].copy_from_slice(&data_offset.to_le_bytes());
-        // Bytes 24..32 hold padding bits of sub-byte types; ours are whole bytes.
+        // Bytes 24..32: unused bits at the end of sub-byte data.
+        rec[24..32].copy_from_slice(&padding_bits.to_le_bytes());
         self.out.write_all(&rec)?;
         self.out.write_all(data)?;
         self.pos = data_offset + data.len() as u64;
-        self.seen.insert((dtype, hash), record);
+        self.seen.insert((dtype, padding_bits, hash), record);
         self.stats.stored += 1;
         self.all.update((dtype as u32).to_le_bytes());
+        if padding_bits != 0 {
+            self.all.update(padding_bits.to_le_bytes());
+        }
         self.all.update(hash);
         Ok(record)
     }
@@ -168,6 +255,8 @@ pub enum BlobError {
     },
     #[error("blob at offset {offset} holds {got} bytes, its declared type needs {want}")]
     Size { offset: u64, got: u64, want: u64 },
+    #[error("blob at offset {offset} declares {got} padding bits, its element count needs {want}")]
+    Padding { offset: u64, got: u64, want: u64 },
     #[error("blob at offset {0} points outside the file")]
     OutOfRange(u64),
 }
@@ -231,6 +320,37 @@ impl<'a> BlobReader<'a> {
     }
 }
 
+impl<'a> BlobReader<'a> {
+    /// The data of `n` elements of `want` (bit-packed when sub-byte) at `offset`,
+    /// checking the declared size and padding bits.
+    pub fn read_elems(
+        &self,
+        offset: u64,
+        want: BlobDType,
+        n: usize,
+    ) -> Result<&'a [u8], BlobError> {
+        let data = self.read(offset, want, want.byte_len(n) as u64)?;
+        let pad = self.padding_bits(offset)?;
+        if pad != want.padding_bits(n) {
+            return Err(BlobError::Padding {
+                offset,
+                got: pad,
+                want: want.padding_bits(n),
+            });
+        }
+        Ok(data)
+    }
+
+    /// The `padding_size_in_bits` field of the record at `offset`.
+    pub fn padding_bits(&self, offset: u64) -> Result<u64, BlobError> {
+        let rec = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.bytes.get(o..o.checked_add(RECORD_SIZE as usize)?))
+            .ok_or(BlobError::OutOfRange(offset))?;
+        Ok(u64::from_le_bytes(rec[24..32].try_into().expect("8 bytes")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +381,45 @@ mod tests {
         assert!(matches!(
             r.read(100, BlobDType::F16, 10),
             Err(BlobError::Sentinel(..))
+        ));
+    }
+
+    #[test]
+    fn sub_byte_records() {
+        assert_eq!(BlobDType::U4.byte_len(5), 3);
+        assert_eq!(BlobDType::U4.padding_bits(5), 4);
+        assert_eq!(BlobDType::U6.byte_len(3), 3);
+        assert_eq!(BlobDType::U6.padding_bits(3), 6);
+        assert_eq!(BlobDType::U2.padding_bits(4), 0);
+        assert_eq!(BlobDType::I8.padding_bits(3), 0);
+        let mut w = BlobWriter::new(Cursor::new(Vec::new())).unwrap();
+        let a = w.put_elems(BlobDType::U4, 5, &[0x21, 0xf3, 0x07]).unwrap();
+        // Same bytes, other element count (other padding): stored again.
+        let b = w.put_elems(BlobDType::U4, 6, &[0x21, 0xf3, 0x07]).unwrap();
+        assert!(w.put_elems(BlobDType::U4, 7, &[0x21, 0xf3]).is_err());
+        let (out, stats) = w.finish().unwrap();
+        assert_eq!(stats.stored, 2);
+        let bytes = out.into_inner();
+        // The layout coremltools' own writer produces for these values.
+        assert_eq!(
+            &bytes[a as usize..a as usize + 32],
+            &[
+                0xef, 0xbe, 0xad, 0xde, 11, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0,
+                0, 0, 4, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        let r = BlobReader::new(&bytes).unwrap();
+        assert_eq!(
+            r.read_elems(a, BlobDType::U4, 5).unwrap(),
+            &[0x21, 0xf3, 0x07]
+        );
+        assert_eq!(
+            r.read_elems(b, BlobDType::U4, 6).unwrap(),
+            &[0x21, 0xf3, 0x07]
+        );
+        assert!(matches!(
+            r.read_elems(a, BlobDType::U4, 6),
+            Err(BlobError::Padding { .. })
         ));
     }
 }

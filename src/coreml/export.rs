@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::ModelConfig;
 use crate::coreml::blob::BlobWriter;
+use crate::coreml::compress::{self, CompressError, CompressOptions, CompressStats, Pipeline};
 use crate::coreml::mil::{DType, ProgramBuilder};
 use crate::coreml::package::{self, ModelMetadata, PackagePaths};
 use crate::coreml::target::{Precision, Target};
@@ -55,6 +56,9 @@ pub struct ExportOptions {
     pub metadata: ExportMetadata,
     /// Replace an existing package.
     pub force: bool,
+    /// Compress the large linear and patch-embedding weights (the rest stays in
+    /// `precision`). With fp32 precision the scales and palettes are fp32 too.
+    pub compress: Option<CompressOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,8 @@ pub enum ExportError {
     Exists { path: PathBuf },
     #[error("building the program: {0}")]
     Emit(#[from] EmitError),
+    #[error(transparent)]
+    Compress(#[from] CompressError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -82,6 +88,7 @@ pub struct Resolved {
     pub output: OutputKind,
     pub io_fp16: bool,
     pub fused_attention: bool,
+    pub compress: Option<CompressOptions>,
 }
 
 /// Applies defaults and rejects combinations Core ML cannot run.
@@ -111,10 +118,28 @@ pub fn resolve(opts: &ExportOptions, cfg: &ModelConfig) -> Result<Resolved, Expo
     if opts.fused_attention == Some(true) {
         needs.push((Target::Ios18, "the fused scaled_dot_product_attention op"));
     }
-    let lowest = needs.iter().map(|n| n.0).max().unwrap_or(Target::Ios15);
+    let compress_need = match &opts.compress {
+        Some(c) => {
+            c.validate()?;
+            Some(c.min_target())
+        }
+        None => None,
+    };
+    let lowest = needs
+        .iter()
+        .map(|n| n.0)
+        .chain(compress_need.as_ref().map(|n| n.0))
+        .max()
+        .unwrap_or(Target::Ios15);
     let target = match opts.target {
         None => lowest,
         Some(t) => {
+            if let Some((need, why)) = compress_need.as_ref().filter(|n| t < n.0) {
+                return unsupported(format!(
+                    "{why} needs {need} or later (specification version {}), but the target is {t}; leave --target out or pass --target {need}",
+                    need.spec_version()
+                ));
+            }
             if let Some((need, why)) = needs.iter().find(|n| t < n.0) {
                 return unsupported(format!(
                     "{why} need {need} or later (specification version {}), but the target is {t}",
@@ -131,6 +156,7 @@ pub fn resolve(opts: &ExportOptions, cfg: &ModelConfig) -> Result<Resolved, Expo
         output,
         io_fp16: opts.io_fp16,
         fused_attention: opts.fused_attention.unwrap_or(target >= Target::Ios18),
+        compress: opts.compress.clone(),
     })
 }
 
@@ -163,6 +189,8 @@ pub struct ExportReport {
     pub blobs_deduplicated: usize,
     pub ops_total: usize,
     pub op_counts: BTreeMap<String, usize>,
+    /// What compression did (`None` without `--compress`).
+    pub compression: Option<CompressStats>,
     pub timings: ExportTimings,
 }
 
@@ -196,6 +224,32 @@ impl fmt::Display for ExportReport {
             self.blobs_stored,
             self.blobs_deduplicated
         )?;
+        if let Some(c) = &self.compression {
+            writeln!(
+                f,
+                "compression    {}: {} tensors, {:.3} MB as fp16 -> {:.3} MB ({:.2}x); {}",
+                c.method,
+                c.tensors,
+                mb(c.bytes_fp16),
+                mb(c.bytes),
+                c.bytes as f64 / c.bytes_fp16.max(1) as f64,
+                c.settings
+            )?;
+            if !c.skipped.is_empty() {
+                let more = c.skipped.len().saturating_sub(3);
+                writeln!(
+                    f,
+                    "  {} kept uncompressed (shape): {}{}",
+                    c.skipped.len(),
+                    c.skipped[..c.skipped.len().min(3)].join(", "),
+                    if more > 0 {
+                        format!(", and {more} more")
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
+        }
         writeln!(f, "ops            {} in all", self.ops_total)?;
         for (k, v) in &self.op_counts {
             writeln!(f, "  {k:<30} {v:>6}")?;
@@ -287,6 +341,7 @@ pub fn export(
         blobs_deduplicated: w.blobs_deduplicated,
         ops_total: w.op_counts.values().sum(),
         op_counts: w.op_counts,
+        compression: w.compression,
         timings: ExportTimings {
             load_ms,
             emit_ms: w.emit_ms,
@@ -303,6 +358,7 @@ struct Written {
     blobs_stored: usize,
     blobs_deduplicated: usize,
     op_counts: BTreeMap<String, usize>,
+    compression: Option<CompressStats>,
     emit_ms: f64,
 }
 
@@ -316,7 +372,26 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
 /// Metadata key holding the weight precision, so `verify` can pick its thresholds.
 pub const PRECISION_KEY: &str = "precision";
 
-fn metadata(meta: &ExportMetadata, cfg: &ModelConfig, precision: Precision) -> ModelMetadata {
+/// Metadata keys describing compressed weights.
+pub mod compression_keys {
+    /// The method (`int8`, `int4`, `palette8`, ...).
+    pub const METHOD: &str = "compression";
+    /// The method's settings in words.
+    pub const SETTINGS: &str = "compression_settings";
+    /// How many weights were compressed.
+    pub const TENSORS: &str = "compression_tensors";
+    /// Their size as fp16, bytes.
+    pub const BYTES_FP16: &str = "compression_weight_bytes_fp16";
+    /// Their size compressed (data, scales, palettes), bytes.
+    pub const BYTES: &str = "compression_weight_bytes";
+}
+
+fn metadata(
+    meta: &ExportMetadata,
+    cfg: &ModelConfig,
+    precision: Precision,
+    compression: Option<&CompressStats>,
+) -> ModelMetadata {
     let mut ud = BTreeMap::new();
     let base = meta
         .base_model
@@ -334,6 +409,14 @@ fn metadata(meta: &ExportMetadata, cfg: &ModelConfig, precision: Precision) -> M
     put("dataset", &meta.dataset);
     put("val_accuracy", &meta.val_accuracy.map(|a| format!("{a}")));
     ud.insert(PRECISION_KEY.into(), precision.to_string());
+    if let Some(c) = compression {
+        use compression_keys as k;
+        ud.insert(k::METHOD.into(), c.method.to_string());
+        ud.insert(k::SETTINGS.into(), c.settings.clone());
+        ud.insert(k::TENSORS.into(), c.tensors.to_string());
+        ud.insert(k::BYTES_FP16.into(), c.bytes_fp16.to_string());
+        ud.insert(k::BYTES.into(), c.bytes.to_string());
+    }
     ud.insert(
         "tool_version".into(),
         concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")).into(),
@@ -379,7 +462,47 @@ fn write_package(
         fused_attention: r.fused_attention,
     };
     let mut b = ProgramBuilder::new(r.target, &mut blobs);
-    let io = vit::emit_vit(&mut b, ck, &vopts)?;
+    let (io, compression) = match &r.compress {
+        None => (vit::emit_vit(&mut b, ck, &vopts)?, None),
+        Some(c) => {
+            let st = ck.tensors();
+            let cands: Vec<compress::Candidate> = vit::compressible_weights(&ck.config, r.output)
+                .into_iter()
+                .filter_map(|name| {
+                    let shape = st.tensor(&name).ok()?.shape().to_vec();
+                    Some(compress::Candidate { name, shape })
+                })
+                .collect();
+            let sel = compress::select(&cands, c)?;
+            let items = sel
+                .chosen
+                .into_iter()
+                .map(|c| {
+                    let data = st
+                        .tensor(&c.name)
+                        .map_err(|e| EmitError::Tensor {
+                            name: c.name.clone(),
+                            msg: e.to_string(),
+                        })?
+                        .data();
+                    Ok((c, data))
+                })
+                .collect::<Result<Vec<_>, EmitError>>()?;
+            let skipped = sel
+                .skipped
+                .into_iter()
+                .map(|(n, why)| format!("{n} ({why})"))
+                .collect();
+            let pipeline = Pipeline::new(items, c, prec, r.target, skipped);
+            let (io, stats) =
+                pipeline.run(|p| vit::emit_vit_compressed(&mut b, ck, &vopts, Some(p)));
+            let io = io.map_err(|e| match e {
+                EmitError::Compress(c) => ExportError::Compress(c),
+                e => ExportError::Emit(e),
+            })?;
+            (io, Some(stats))
+        }
+    };
     let outputs: Vec<&str> = io.outputs.iter().map(|f| f.name.as_str()).collect();
     let built = b.finish(&outputs).map_err(EmitError::from)?;
     let (w, stats) = blobs.finish().map_err(io_at(&wpath))?;
@@ -390,7 +513,7 @@ fn write_package(
     let model = package::model(
         r.target.spec_version(),
         &io,
-        &metadata(meta, &ck.config, r.precision),
+        &metadata(meta, &ck.config, r.precision, compression.as_ref()),
         built.program,
     );
     let bytes = model.encode_to_vec();
@@ -406,6 +529,7 @@ fn write_package(
         blobs_stored: stats.stored,
         blobs_deduplicated: stats.deduplicated,
         op_counts: built.op_counts,
+        compression,
         emit_ms,
     })
 }

@@ -3,6 +3,7 @@
 //! Depends on the checkpoint and its config only, never on MLX.
 
 pub mod blob;
+pub mod compress;
 pub mod export;
 pub mod mil;
 pub mod package;

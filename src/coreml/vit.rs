@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{MlpKind, ModelConfig, Pooling, QkvLayout};
+use crate::coreml::compress::{CompressError, Pipeline};
 use crate::coreml::mil::{
     ConvPad, DType, FloatSource, GeluMode, MilError, ProgramBuilder, TensorTy, Var,
 };
@@ -103,6 +104,32 @@ pub enum EmitError {
     Tensor { name: String, msg: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Compress(#[from] CompressError),
+}
+
+/// The weights compression may apply to (linear layers and the patch-embedding conv),
+/// in the order [`emit_vit`] writes them, for a model with `output`.
+pub fn compressible_weights(cfg: &ModelConfig, output: OutputKind) -> Vec<String> {
+    let mut v = vec!["patch_embed.weight".to_string()];
+    for i in 0..cfg.num_layers {
+        let pre = format!("blocks.{i}");
+        match cfg.qkv {
+            QkvLayout::Fused => v.push(format!("{pre}.attn.qkv.weight")),
+            QkvLayout::Separate => {
+                for n in ["q", "k", "v"] {
+                    v.push(format!("{pre}.attn.{n}.weight"));
+                }
+            }
+        }
+        for n in ["attn.proj", "mlp.fc1", "mlp.fc2"] {
+            v.push(format!("{pre}.{n}.weight"));
+        }
+    }
+    if output != OutputKind::Features {
+        v.push("head.weight".into());
+    }
+    v
 }
 
 /// Emits the whole model into `b`. Returns the program's interface; its outputs are
@@ -112,12 +139,24 @@ pub fn emit_vit(
     ck: &Checkpoint,
     opts: &VitOptions,
 ) -> Result<VitIo, EmitError> {
+    emit_vit_compressed(b, ck, opts, None)
+}
+
+/// [`emit_vit`], the weights that `compress` has selected written compressed (as
+/// `constexpr_*` ops, see `mil::constexpr`).
+pub fn emit_vit_compressed(
+    b: &mut ProgramBuilder<'_>,
+    ck: &Checkpoint,
+    opts: &VitOptions,
+    compress: Option<&Pipeline<'_>>,
+) -> Result<VitIo, EmitError> {
     let st = ck.tensors();
     let mut e = Emitter {
         b,
         st: &st,
         cfg: &ck.config,
         dt: opts.precision,
+        compress,
     };
     e.emit(opts)
 }
@@ -127,6 +166,7 @@ struct Emitter<'a, 'b, 's> {
     st: &'a SafeTensors<'s>,
     cfg: &'a ModelConfig,
     dt: DType,
+    compress: Option<&'a Pipeline<'a>>,
 }
 
 impl<'s> Emitter<'_, '_, 's> {
@@ -146,10 +186,17 @@ impl<'s> Emitter<'_, '_, 's> {
     }
 
     /// A checkpoint tensor as a program constant, optionally viewed with another shape.
+    /// The one place weights are written: those the compression pipeline selected (large
+    /// linear and patch-embedding weights) go out compressed.
     fn weight(&mut self, name: &str, shape: Option<&[usize]>) -> Result<Var, EmitError> {
+        let cname = crate::coreml::mil::types::ident(name);
+        if shape.is_none() {
+            if let Some(t) = self.compress.and_then(|p| p.take(name)) {
+                return Ok(self.b.const_compressed(&cname, &t?)?);
+            }
+        }
         let (bytes, own) = self.raw(name)?;
         let shape = shape.map(<[usize]>::to_vec).unwrap_or(own);
-        let cname = crate::coreml::mil::types::ident(name);
         Ok(self
             .b
             .const_float(&cname, self.dt, &shape, FloatSource::LeBytes(bytes))?)

@@ -69,6 +69,16 @@ pub struct ExportSection {
     pub description: Option<String>,
     pub version: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Weight compression: int8, int4, palette8, palette6, palette4, palette2 (see
+    /// `pipeline export --help`). The run then also writes an uncompressed
+    /// `model-fp16.mlpackage` and verifies both on the validation split.
+    pub compress: Option<String>,
+    /// Palettes: one per group of this many output channels (iOS18).
+    pub group_size: Option<usize>,
+    /// int4: input channels per scale (default 32).
+    pub block_size: Option<usize>,
+    /// Only weights with more elements are compressed (default 2048).
+    pub compress_min_elements: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! records: folders and input hashes), runs or skips through the [`StageCache`], and
 //! returns its own record for the stages after it.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -45,6 +46,8 @@ pub(super) struct Merged {
 
 pub(super) struct Exported {
     pub package: PathBuf,
+    /// The uncompressed twin written beside a compressed package, to compare with.
+    pub fp16: Option<PathBuf>,
     pub hash: String,
 }
 
@@ -230,25 +233,52 @@ pub(super) fn export(
     cache: &mut StageCache,
 ) -> Result<Exported, RunError> {
     let package = cfg.run.out.join("model.mlpackage");
+    let fp16 = cfg
+        .export
+        .compress
+        .is_some()
+        .then(|| cfg.run.out.join("model-fp16.mlpackage"));
     let hash = hash_parts(&[b"export", merged.hash.as_bytes(), &json(&cfg.export)]);
-    cache.stage(
-        "export",
-        &hash,
-        package.join("Manifest.json").exists(),
-        || {
-            let opts = export_options(cfg, trained).map_err(stage_err("export"))?;
-            let r = coreml::export(&merged.dir, &package, &opts)
+    let exist = package.join("Manifest.json").exists()
+        && fp16
+            .as_ref()
+            .is_none_or(|p| p.join("Manifest.json").exists());
+    cache.stage("export", &hash, exist, || {
+        let opts = export_options(cfg, trained).map_err(stage_err("export"))?;
+        let r = coreml::export(&merged.dir, &package, &opts)
+            .map_err(|e| stage_err("export")(e.to_string()))?;
+        let mut line = format!(
+            "{} {} {} ops, {:.1} MB",
+            r.target,
+            r.precision,
+            r.ops_total,
+            r.package_bytes as f64 / 1e6
+        );
+        if let (Some(path), Some(c)) = (&fp16, &r.compression) {
+            // The same package uncompressed, at the same target, for the comparison.
+            let plain = coreml::ExportOptions {
+                compress: None,
+                target: Some(r.target),
+                ..opts.clone()
+            };
+            let f = coreml::export(&merged.dir, path, &plain)
                 .map_err(|e| stage_err("export")(e.to_string()))?;
-            Ok(format!(
-                "{} {} {} ops, {:.1} MB",
-                r.target,
-                r.precision,
-                r.ops_total,
-                r.package_bytes as f64 / 1e6
-            ))
-        },
-    )?;
-    Ok(Exported { package, hash })
+            line = format!(
+                "{line} ({}: {} weights {:.1} -> {:.1} MB; uncompressed twin model-fp16.mlpackage {:.1} MB)",
+                c.method,
+                c.tensors,
+                c.bytes_fp16 as f64 / 1e6,
+                c.bytes as f64 / 1e6,
+                f.package_bytes as f64 / 1e6
+            );
+        }
+        Ok(line)
+    })?;
+    Ok(Exported {
+        package,
+        fp16,
+        hash,
+    })
 }
 
 /// Compares the package with the merged model; also leaves what it compared against as
@@ -268,18 +298,45 @@ pub(super) fn verify(
     } else {
         cfg.verify.images.clone()
     };
-    let hash = hash_parts(&[b"verify", exported.hash.as_bytes(), &json(&images)]);
+    // A compressed package is judged by top-1 on the labelled validation split.
+    let data = (exported.fp16.is_some() && !cfg.train.data.as_os_str().is_empty())
+        .then(|| cfg.train.data.clone());
+    let hash = hash_parts(&[
+        b"verify",
+        exported.hash.as_bytes(),
+        &json(&images),
+        &json(&data),
+    ]);
     let outputs_exist = verify_json.exists() && reference_json.exists();
     cache.stage("verify", &hash, outputs_exist, || {
         let opts = crate::verify::VerifyOptions {
             model: Some(merged.dir.clone()),
-            images: images.clone(),
+            images: if data.is_some() {
+                Vec::new()
+            } else {
+                images.clone()
+            },
+            data: data.clone(),
+            limit: VERIFY_DATA_LIMIT,
             probe: 4,
             reference_out: Some(reference_json.clone()),
             ..Default::default()
         };
         let r = crate::verify::verify(&exported.package, &opts)
             .map_err(|e| stage_err("verify")(e.to_string()))?;
+        let twin = match &exported.fp16 {
+            Some(p) => Some(
+                crate::verify::verify(
+                    p,
+                    &crate::verify::VerifyOptions {
+                        reference_out: None,
+                        ..opts.clone()
+                    },
+                )
+                .map_err(|e| stage_err("verify")(e.to_string()))?,
+            ),
+            None => None,
+        };
         crate::verify::write_json(&r, &verify_json)
             .map_err(|e| stage_err("verify")(e.to_string()))?;
         let worst = r
@@ -292,12 +349,43 @@ pub(super) fn verify(
                 "the package does not match the model:\n{r}"
             )));
         }
-        Ok(format!(
-            "pass on {} inputs, worst relative error {:.2e}",
-            r.examples, worst
-        ))
+        let mut line = format!(
+            "pass on {} inputs ({}), worst relative error {:.2e}",
+            r.examples,
+            r.rule.describe(),
+            worst
+        );
+        if let Some(a) = &r.accuracy {
+            let _ = write!(
+                line,
+                "; top-1 {:.2}% (model {:.2}%)",
+                a.package_top1 * 100.0,
+                a.reference_top1 * 100.0
+            );
+        }
+        if let (Some(t), Some(p)) = (&twin, &exported.fp16) {
+            let size = |pkg: &Path| {
+                std::fs::metadata(pkg.join("Data/com.apple.CoreML/weights/weight.bin"))
+                    .map(|m| m.len() as f64 / 1e6)
+                    .unwrap_or(0.0)
+            };
+            let _ = write!(
+                line,
+                "; weights {:.2} MB vs {:.2} MB uncompressed{}",
+                size(&exported.package),
+                size(p),
+                t.accuracy
+                    .as_ref()
+                    .map(|a| format!(" (top-1 {:.2}%)", a.package_top1 * 100.0))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(line)
     })
 }
+
+/// Validation images a compressed package is judged on, at most.
+const VERIFY_DATA_LIMIT: usize = 512;
 
 /// Core ML runs only on macOS: the bench stage points at `pipeline bench` instead.
 pub(super) fn bench(cfg: &RunConfig, cache: &mut StageCache) {
@@ -362,11 +450,26 @@ fn export_options(cfg: &RunConfig, trained: &Trained) -> Result<coreml::ExportOp
     let adapters_hash = adapters_weights(&trained.adapters_dir)
         .and_then(|p| std::fs::read(p).ok())
         .map(|b| crate::checkpoint::hex(&Sha256::digest(&b)));
+    let compress = match e.compress.as_deref() {
+        None => None,
+        Some(m) => {
+            let method: coreml::compress::Method =
+                m.parse().map_err(|e| format!("export.compress: {e}"))?;
+            let mut c = coreml::compress::CompressOptions::new(method);
+            c.group_size = e.group_size;
+            c.block_size = e.block_size;
+            if let Some(n) = e.compress_min_elements {
+                c.min_elements = n;
+            }
+            Some(c)
+        }
+    };
     Ok(coreml::ExportOptions {
         precision,
         target,
         input,
         output,
+        compress,
         metadata: coreml::ExportMetadata {
             author: e.author.clone(),
             license: e.license.clone(),

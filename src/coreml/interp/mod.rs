@@ -4,6 +4,7 @@
 //! as fp16 is rounded to fp16 after the op that makes it, as Core ML's fp16 storage
 //! would.
 
+pub mod constexpr;
 pub mod kernels;
 pub mod tensor;
 
@@ -11,7 +12,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use half::f16;
 use prost::Message;
 use serde::Serialize;
 
@@ -89,12 +89,13 @@ pub struct Package {
     pub path: PathBuf,
     pub model: spec::Model,
     weights: Vec<u8>,
+    /// The outputs of the program's `constexpr_*` ops (compressed weights), decoded
+    /// when the package is opened.
+    decoded: HashMap<String, Val>,
 }
 
 fn round_f16(t: &mut Tensor) {
-    for v in &mut t.data {
-        *v = f16::from_f32(*v).to_f32();
-    }
+    tensor::round_to_f16(&mut t.data);
 }
 
 impl Package {
@@ -132,11 +133,16 @@ impl Package {
         } else {
             Vec::new()
         };
-        Ok(Package {
+        let mut pkg = Package {
             path: path.to_path_buf(),
             model,
             weights,
-        })
+            decoded: HashMap::new(),
+        };
+        if let Ok((_, block)) = pkg.main() {
+            pkg.decoded = constexpr::decode(block, &pkg.weights)?;
+        }
+        Ok(pkg)
     }
 
     fn main(&self) -> Result<(&pb::Function, &pb::Block), InterpError> {
@@ -224,6 +230,15 @@ impl Package {
             env.insert(nv.name.clone(), Val::Float { dtype: ty.dtype, t });
         }
         for op in &block.operations {
+            if constexpr::is_constexpr(op) {
+                for nv in &op.outputs {
+                    let v = self.decoded.get(&nv.name).ok_or_else(|| {
+                        InterpError::Program(format!("`{}` was not decoded", nv.name))
+                    })?;
+                    env.insert(nv.name.clone(), v.clone());
+                }
+                continue;
+            }
             let outs = Exec {
                 env: &env,
                 blobs: blobs.as_ref(),
@@ -379,9 +394,7 @@ fn decode_value(v: &pb::Value, blobs: Option<&BlobReader<'_>>) -> Result<Val, In
 }
 
 fn f16_from_le(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(2)
-        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect()
+    tensor::f16_le_to_f32(b)
 }
 
 /// One operation being executed.
@@ -571,7 +584,15 @@ impl Exec<'_> {
             }
             "transpose" => {
                 let (dt, x) = self.float("x")?;
-                (dt, k(kernels::transpose(&x, &self.usizes("perm")?))?)
+                // coremltools' passes write negative (from the end) axes.
+                let r = x.rank() as i64;
+                let perm = self
+                    .ints("perm")?
+                    .into_iter()
+                    .map(|a| usize::try_from(if a < 0 { a + r } else { a }))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| self.err("`perm` out of range"))?;
+                (dt, k(kernels::transpose(&x, &perm))?)
             }
             "concat" => {
                 if self.has("interleave") && self.bool("interleave")? {

@@ -122,6 +122,20 @@ impl<'s> ProgramBuilder<'s> {
         Ok(())
     }
 
+    pub(crate) fn define_name(&mut self, name: &str) -> Result<(), MilError> {
+        self.define(name)
+    }
+
+    pub(crate) fn sink_mut(&mut self) -> &mut dyn BlobSink {
+        &mut *self.sink
+    }
+
+    /// Appends a finished operation (its outputs already defined), counted as `kind`.
+    pub(crate) fn push_raw_op(&mut self, op: pb::Operation, kind: &str) {
+        self.ops.push(op);
+        *self.op_counts.entry(kind.into()).or_default() += 1;
+    }
+
     fn check_defined(&self, v: &Var) -> Result<(), MilError> {
         if self.names.contains(&v.name) {
             Ok(())

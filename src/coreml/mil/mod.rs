@@ -1,6 +1,7 @@
 //! A small builder for MIL programs (the body of a Core ML ML Program).
 
 pub mod builder;
+pub mod constexpr;
 pub mod ops;
 pub mod types;
 pub mod value;

@@ -4,7 +4,8 @@ use std::fmt;
 
 use crate::coreml::proto::mil as pb;
 
-/// Element type of a MIL value (the subset we emit or read).
+/// Element type of a MIL value (the subset we emit or read). The narrow integer types
+/// (`I8`, `U8`, `I4`, `U1`..`U6`, `U32`) appear only in the data of compressed weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     Bool,
@@ -14,32 +15,95 @@ pub enum DType {
     F64,
     I32,
     I64,
+    I8,
+    U8,
+    I4,
+    U1,
+    U2,
+    U3,
+    U4,
+    U6,
+    U32,
 }
 
 impl DType {
-    pub fn proto(self) -> pb::DataType {
+    /// MIL's `DataType` number (some of them, such as UINT4 = 35, are missing from the
+    /// enum of our schema, so the number is what goes into `TensorType.dataType`).
+    pub fn code(self) -> i32 {
         match self {
-            DType::Bool => pb::DataType::Bool,
-            DType::Str => pb::DataType::String,
-            DType::F16 => pb::DataType::Float16,
-            DType::F32 => pb::DataType::Float32,
-            DType::F64 => pb::DataType::Float64,
-            DType::I32 => pb::DataType::Int32,
-            DType::I64 => pb::DataType::Int64,
+            DType::Bool => 1,
+            DType::Str => 2,
+            DType::F16 => 10,
+            DType::F32 => 11,
+            DType::F64 => 12,
+            DType::I8 => 21,
+            DType::I32 => 23,
+            DType::I64 => 24,
+            DType::I4 => 25,
+            DType::U8 => 31,
+            DType::U32 => 33,
+            DType::U4 => 35,
+            DType::U2 => 36,
+            DType::U1 => 37,
+            DType::U6 => 38,
+            DType::U3 => 39,
         }
     }
 
     pub fn from_proto(code: i32) -> Option<DType> {
-        Some(match pb::DataType::try_from(code).ok()? {
-            pb::DataType::Bool => DType::Bool,
-            pb::DataType::String => DType::Str,
-            pb::DataType::Float16 => DType::F16,
-            pb::DataType::Float32 => DType::F32,
-            pb::DataType::Float64 => DType::F64,
-            pb::DataType::Int32 => DType::I32,
-            pb::DataType::Int64 => DType::I64,
+        Some(match code {
+            1 => DType::Bool,
+            2 => DType::Str,
+            10 => DType::F16,
+            11 => DType::F32,
+            12 => DType::F64,
+            21 => DType::I8,
+            23 => DType::I32,
+            24 => DType::I64,
+            25 => DType::I4,
+            31 => DType::U8,
+            33 => DType::U32,
+            35 => DType::U4,
+            36 => DType::U2,
+            37 => DType::U1,
+            38 => DType::U6,
+            39 => DType::U3,
             _ => return None,
         })
+    }
+
+    /// Bits per element of numeric types (`None` for bool and string).
+    pub fn bits(self) -> Option<u32> {
+        Some(match self {
+            DType::U1 => 1,
+            DType::U2 => 2,
+            DType::U3 => 3,
+            DType::I4 | DType::U4 => 4,
+            DType::U6 => 6,
+            DType::I8 | DType::U8 => 8,
+            DType::F16 => 16,
+            DType::F32 | DType::I32 | DType::U32 => 32,
+            DType::F64 | DType::I64 => 64,
+            DType::Bool | DType::Str => return None,
+        })
+    }
+
+    /// The unsigned index type of `bits` bits (1, 2, 3, 4, 6 or 8).
+    pub fn uint(bits: u32) -> Option<DType> {
+        Some(match bits {
+            1 => DType::U1,
+            2 => DType::U2,
+            3 => DType::U3,
+            4 => DType::U4,
+            6 => DType::U6,
+            8 => DType::U8,
+            _ => return None,
+        })
+    }
+
+    /// Types stored in fewer than 8 bits, bit-packed.
+    pub fn is_sub_byte(self) -> bool {
+        self.bits().is_some_and(|b| b < 8)
     }
 
     pub fn is_float(self) -> bool {
@@ -78,6 +142,15 @@ impl fmt::Display for DType {
             DType::F64 => "fp64",
             DType::I32 => "int32",
             DType::I64 => "int64",
+            DType::I8 => "int8",
+            DType::U8 => "uint8",
+            DType::I4 => "int4",
+            DType::U1 => "uint1",
+            DType::U2 => "uint2",
+            DType::U3 => "uint3",
+            DType::U4 => "uint4",
+            DType::U6 => "uint6",
+            DType::U32 => "uint32",
         })
     }
 }
@@ -115,7 +188,7 @@ impl TensorTy {
     pub fn to_proto(&self) -> pb::ValueType {
         pb::ValueType {
             r#type: Some(pb::value_type::Type::TensorType(pb::TensorType {
-                data_type: self.dtype.proto() as i32,
+                data_type: self.dtype.code(),
                 rank: self.shape.len() as i64,
                 dimensions: self
                     .shape

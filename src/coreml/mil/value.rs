@@ -111,3 +111,9 @@ pub fn dict_type(key: DType, value: DType) -> pb::ValueType {
         ))),
     }
 }
+
+/// A tensor of any type whose immediate form is raw little-endian bytes (fp16, the
+/// 8-bit and sub-byte integer types, uint32), already bit-packed when sub-byte.
+pub fn raw_bytes(ty: &TensorTy, bytes: Vec<u8>) -> pb::Value {
+    tensor_value(ty, TV::Bytes(RepeatedBytes { values: bytes }))
+}
