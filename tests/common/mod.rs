@@ -125,7 +125,8 @@ pub fn run_ok(cmd: &mut std::process::Command) -> String {
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
-        "{cmd:?} failed:\n{stdout}{}",
+        "{cmd:?} failed ({}):\n{stdout}{}",
+        o.status,
         String::from_utf8_lossy(&o.stderr)
     );
     stdout
