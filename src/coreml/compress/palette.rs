@@ -27,6 +27,9 @@ use super::linear::store;
 pub const EXACT_MAX: usize = 4096;
 /// Cap on Lloyd's iterations.
 pub const MAX_ITERS: usize = 300;
+/// Tensors with more values than this are grouped by their fp16 rounding instead of
+/// sorted (see [`Runs::grouped`]).
+pub const GROUP_ABOVE: usize = 1 << 16;
 
 /// A palette and the index of every value's entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +97,66 @@ impl Runs {
         }
     }
 
+    /// For large tensors: the values grouped by their fp16 rounding, one O(n) pass
+    /// instead of a sort. Rounding is monotone, so clusters of the sorted values that
+    /// never split a group are runs of groups; each group keeps its exact count, sum and
+    /// sum of squares, so run costs and means stay exact. Only boundaries inside a group
+    /// (values one fp16 step apart, below the palette's own fp16 precision) are lost.
+    fn grouped(values: &[f32]) -> Runs {
+        // fp16 bits -> an index that sorts like the values (negatives reversed).
+        let key = |x: f32| -> usize {
+            let b = half::f16::from_f32(x).to_bits();
+            if b & 0x8000 != 0 {
+                0x7FFF - (b & 0x7FFF) as usize
+            } else {
+                0x8000 + b as usize
+            }
+        };
+        let shift = values.iter().map(|&x| f64::from(x)).sum::<f64>() / values.len() as f64;
+        let mut n = vec![0u64; 1 << 16];
+        let mut s1 = vec![0f64; 1 << 16];
+        let mut s2 = vec![0f64; 1 << 16];
+        for &x in values {
+            let i = key(x);
+            let d = f64::from(x) - shift;
+            n[i] += 1;
+            s1[i] += d;
+            s2[i] += d * d;
+        }
+        let groups = n.iter().filter(|&&c| c > 0).count();
+        let (mut xs, mut cnt, mut sum, mut sq) = (
+            Vec::with_capacity(groups),
+            Vec::with_capacity(groups + 1),
+            Vec::with_capacity(groups + 1),
+            Vec::with_capacity(groups + 1),
+        );
+        let (mut c, mut a, mut q) = (0u64, 0f64, 0f64);
+        cnt.push(0);
+        sum.push(0.0);
+        sq.push(0.0);
+        for i in 0..n.len() {
+            if n[i] == 0 {
+                continue;
+            }
+            // The group's mean stands for it where a single value is needed (candidate
+            // spacing, Lloyd's midpoints); means of disjoint ordered groups are ordered.
+            xs.push(s1[i] / n[i] as f64 + shift);
+            c += n[i];
+            a += s1[i];
+            q += s2[i];
+            cnt.push(c);
+            sum.push(a);
+            sq.push(q);
+        }
+        Runs {
+            xs,
+            cnt,
+            sum,
+            sq,
+            shift,
+        }
+    }
+
     fn m(&self) -> usize {
         self.xs.len()
     }
@@ -126,7 +189,11 @@ pub fn kmeans_1d_with(values: &[f32], k: usize, exact_max: usize) -> Vec<f32> {
     if values.is_empty() {
         return vec![0.0; k];
     }
-    let runs = Runs::new(values);
+    let runs = if values.len() > GROUP_ABOVE {
+        Runs::grouped(values)
+    } else {
+        Runs::new(values)
+    };
     let m = runs.m();
     let mut c: Vec<f64> = if m <= k {
         runs.xs.clone()
@@ -427,5 +494,22 @@ mod tests {
             let d = (x - p.lut[i as usize]).abs();
             assert!(p.lut.iter().all(|&c| (x - c).abs() >= d));
         }
+    }
+
+    #[test]
+    fn grouped_large_tensors_cluster_as_well_as_sorted_ones() {
+        // 2^17 weight-like values: grouped by fp16 rounding (the large-tensor path) against
+        // the sorted distinct values, both through the restricted DP + Lloyd.
+        let v: Vec<f32> = data(1 << 17, 11).iter().map(|x| x * 0.02).collect();
+        for k in [16usize, 64] {
+            let grouped = Runs::grouped(&v);
+            let sorted = Runs::new(&v);
+            let g = lloyd(&grouped, exact(&grouped, k, &candidates(&grouped, EXACT_MAX)));
+            let s = lloyd(&sorted, exact(&sorted, k, &candidates(&sorted, EXACT_MAX)));
+            let f = |c: Vec<f64>| c.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+            let (eg, es) = (sse(&v, &f(g)), sse(&v, &f(s)));
+            assert!(eg <= es * 1.002, "k {k}: grouped {eg} vs sorted {es}");
+        }
+        assert_eq!(kmeans_1d(&v, 64), kmeans_1d(&v, 64));
     }
 }
