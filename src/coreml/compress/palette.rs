@@ -504,7 +504,10 @@ mod tests {
         for k in [16usize, 64] {
             let grouped = Runs::grouped(&v);
             let sorted = Runs::new(&v);
-            let g = lloyd(&grouped, exact(&grouped, k, &candidates(&grouped, EXACT_MAX)));
+            let g = lloyd(
+                &grouped,
+                exact(&grouped, k, &candidates(&grouped, EXACT_MAX)),
+            );
             let s = lloyd(&sorted, exact(&sorted, k, &candidates(&sorted, EXACT_MAX)));
             let f = |c: Vec<f64>| c.into_iter().map(|x| x as f32).collect::<Vec<_>>();
             let (eg, es) = (sse(&v, &f(g)), sse(&v, &f(s)));
