@@ -21,19 +21,7 @@ use mlx_coreml_pipeline::coreml::{
 };
 
 fn coremltools() -> bool {
-    let available = Command::new("python3")
-        .args(["-c", "import coremltools"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
-        let required = std::env::var("COREML_CHECK_REQUIRED").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "coremltools is required (COREML_CHECK_REQUIRED=1) but not installed"
-        );
-        eprintln!("coremltools not installed: skipped reading packages back");
-    }
-    available
+    common::coremltools_available("reading packages back")
 }
 
 fn script(name: &str) -> PathBuf {

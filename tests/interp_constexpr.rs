@@ -21,20 +21,7 @@ use mlx_coreml_pipeline::coreml::{
 const FIXTURE: &str = "hf-vit-classifier";
 
 fn coremltools_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import coremltools.optimize.coreml"])
-        .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let required = std::env::var("COREML_CHECK_REQUIRED").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "coremltools is required (COREML_CHECK_REQUIRED=1) but not installed"
-        );
-        eprintln!("coremltools not installed: skipped the compressed-weights check");
-    }
-    ok
+    common::coremltools_available("the compressed-weights check")
 }
 
 fn main_block(pkg: &Package) -> &pb::Block {

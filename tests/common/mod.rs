@@ -178,3 +178,22 @@ pub fn base_and_adapters(dir: &Path, fixture_name: &str) -> (PathBuf, PathBuf) {
     adapters::save(&ad, &vit, &acfg, &ck.config).unwrap();
     (base, ad)
 }
+
+/// Whether python3 has coremltools (with its optimize package). Without it a test skips
+/// `what` (saying so), unless `COREML_CHECK_REQUIRED=1`, where that is a failure.
+pub fn coremltools_available(what: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import coremltools.optimize.coreml"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let required = std::env::var("COREML_CHECK_REQUIRED").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "coremltools is required (COREML_CHECK_REQUIRED=1) but not installed"
+        );
+        eprintln!("coremltools not installed: skipped {what}");
+    }
+    ok
+}
