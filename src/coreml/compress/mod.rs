@@ -352,7 +352,7 @@ impl CompressedTensor {
                 scale_shape,
                 ..
             } => {
-                let strides = strides(&self.shape);
+                let strides = strides_of(&self.shape);
                 let sstrides = strides_of(scale_shape);
                 let block: Vec<usize> = self
                     .shape
@@ -420,10 +420,6 @@ fn strides_of(shape: &[usize]) -> Vec<usize> {
         s[a] = s[a + 1] * shape[a + 1];
     }
     s
-}
-
-fn strides(shape: &[usize]) -> Vec<usize> {
-    strides_of(shape)
 }
 
 /// Compresses one weight (float32 `values` of `shape`, row-major; axis 0 = output

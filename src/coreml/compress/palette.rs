@@ -69,23 +69,25 @@ impl Runs {
                 counts.push(1);
             }
         }
-        let m = xs.len();
-        let (mut cnt, mut sum, mut sq) = (
-            Vec::with_capacity(m + 1),
-            Vec::with_capacity(m + 1),
-            Vec::with_capacity(m + 1),
-        );
-        let (mut c, mut s, mut q) = (0u64, 0f64, 0f64);
-        cnt.push(0);
-        sum.push(0.0);
-        sq.push(0.0);
-        for (&x, &n) in xs.iter().zip(&counts) {
+        let groups = xs.iter().zip(&counts).map(|(&x, &n)| {
             let d = x - shift;
+            (x, n, d * n as f64, d * d * n as f64)
+        });
+        Runs::from_groups(shift, groups)
+    }
+
+    /// Prefix sums over ordered groups `(representative value, count, sum, sum of
+    /// squares)`, sums taken relative to `shift`.
+    fn from_groups(shift: f64, groups: impl Iterator<Item = (f64, u64, f64, f64)>) -> Runs {
+        let (mut xs, mut cnt, mut sum, mut sq) = (Vec::new(), vec![0u64], vec![0f64], vec![0f64]);
+        let (mut c, mut a, mut q) = (0u64, 0f64, 0f64);
+        for (x, n, s1, s2) in groups {
+            xs.push(x);
             c += n;
-            s += d * n as f64;
-            q += d * d * n as f64;
+            a += s1;
+            q += s2;
             cnt.push(c);
-            sum.push(s);
+            sum.push(a);
             sq.push(q);
         }
         Runs {
@@ -123,38 +125,12 @@ impl Runs {
             s1[i] += d;
             s2[i] += d * d;
         }
-        let groups = n.iter().filter(|&&c| c > 0).count();
-        let (mut xs, mut cnt, mut sum, mut sq) = (
-            Vec::with_capacity(groups),
-            Vec::with_capacity(groups + 1),
-            Vec::with_capacity(groups + 1),
-            Vec::with_capacity(groups + 1),
-        );
-        let (mut c, mut a, mut q) = (0u64, 0f64, 0f64);
-        cnt.push(0);
-        sum.push(0.0);
-        sq.push(0.0);
-        for i in 0..n.len() {
-            if n[i] == 0 {
-                continue;
-            }
-            // The group's mean stands for it where a single value is needed (candidate
-            // spacing, Lloyd's midpoints); means of disjoint ordered groups are ordered.
-            xs.push(s1[i] / n[i] as f64 + shift);
-            c += n[i];
-            a += s1[i];
-            q += s2[i];
-            cnt.push(c);
-            sum.push(a);
-            sq.push(q);
-        }
-        Runs {
-            xs,
-            cnt,
-            sum,
-            sq,
-            shift,
-        }
+        // The group's mean stands for it where a single value is needed (candidate
+        // spacing, Lloyd's midpoints); means of disjoint ordered groups are ordered.
+        let groups = (0..n.len())
+            .filter(|&i| n[i] > 0)
+            .map(|i| (s1[i] / n[i] as f64 + shift, n[i], s1[i], s2[i]));
+        Runs::from_groups(shift, groups)
     }
 
     fn m(&self) -> usize {
