@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod coreml;
@@ -17,6 +18,7 @@ pub mod inspect;
 pub mod merge;
 #[cfg(feature = "mlx")]
 pub mod model;
+pub mod plot;
 pub mod posembed;
 pub mod progress;
 pub mod rng;

@@ -5,13 +5,13 @@
 //! `adapters/` (LoRA) or `model/` (full), `metrics.jsonl`, `curves.png` and `summary.*`.
 
 pub mod adapters;
+pub mod curves;
 pub mod lanes;
 pub mod lora;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod peft;
-pub mod plot;
 mod state;
 pub mod step;
 mod trainer;

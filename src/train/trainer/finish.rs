@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use super::saves::save_output;
 use super::{io, Metrics, Plan, State, Tally, TrainReport};
-use crate::train::{plot, BestMetric, Mode, TrainError};
+use crate::train::curves::{self, CurvesInfo};
+use crate::train::{BestMetric, Mode, TrainError};
 
 /// Writes the run's outputs and returns its report.
 pub(super) fn finish(
@@ -25,7 +26,6 @@ pub(super) fn finish(
     };
     save_output(&output, &st.vit, &plan.output_spec())?;
     metrics.rewrite()?;
-    write_curves(run, &metrics.history);
     let counters = &st.counters;
     let report = TrainReport {
         device: device_in_words(),
@@ -56,7 +56,9 @@ pub(super) fn finish(
         output,
         seconds: started.elapsed().as_secs_f64(),
     };
-    write_summary(run, &report)?;
+    // A missing picture is not worth failing a finished run over: the summary says so.
+    let pictures = curves::write(run, &curves_info(plan, &report), &metrics.history).is_ok();
+    write_summary(run, &report, pictures)?;
     Ok(report)
 }
 
@@ -72,24 +74,52 @@ fn device_in_words() -> String {
     }
 }
 
-fn write_curves(run: &Path, history: &[serde_json::Value]) {
-    let series = |key: &str| -> Vec<(f64, f64)> {
-        history
-            .iter()
-            .filter_map(|v| Some((v["step"].as_f64()?, v[key].as_f64()?)))
-            .collect()
+/// What the curves' title says about this run.
+fn curves_info(plan: &Plan, r: &TrainReport) -> CurvesInfo {
+    let cfg = &plan.cfg;
+    let name = plan
+        .run
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| plan.run.display().to_string());
+    let how = match cfg.mode {
+        Mode::Lora => format!("LoRA r{}", cfg.lora.rank),
+        Mode::Full => "full fine-tuning".into(),
     };
-    // A missing plot is not worth failing a finished run over.
-    let _ = plot::write(
-        &run.join("curves.png"),
-        &series("loss"),
-        &series("val_loss"),
-        &series("val_top1"),
-        &series("lr"),
+    let data = cfg
+        .data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let best = r.best.map(|(v, step)| {
+        let why = match r.best_metric {
+            BestMetric::ValLoss => format!("val loss {v:.4}"),
+            _ => format!("val top-1 {:.1}%", 100.0 * v),
+        };
+        (step, why)
+    });
+    let mut subtitle = format!(
+        "{} on {}: {} steps, {} epochs, batch {}, lr {}, {:?}",
+        plan.base_info.config.provenance.source,
+        data,
+        r.steps,
+        r.epochs_completed,
+        cfg.batch_size,
+        crate::plot::short_number(f64::from(cfg.lr)),
+        cfg.precision
     );
+    if let Some(e) = &r.final_eval {
+        subtitle.push_str(&format!("; final val top-1 {:.1}%", 100.0 * e.top1));
+    }
+    subtitle.push_str(&format!("; {}", crate::clock::now_utc()));
+    CurvesInfo {
+        title: format!("Training curves: {name} ({how})"),
+        subtitle,
+        best,
+    }
 }
 
-fn write_summary(run: &Path, r: &TrainReport) -> Result<(), TrainError> {
+fn write_summary(run: &Path, r: &TrainReport, pictures: bool) -> Result<(), TrainError> {
     let json = run.join("summary.json");
     crate::fsutil::write_file_atomically(
         &json,
@@ -98,6 +128,15 @@ fn write_summary(run: &Path, r: &TrainReport) -> Result<(), TrainError> {
     .map_err(io(&json))?;
     let mut md = Vec::new();
     let _ = writeln!(md, "# Training summary\n");
+    if pictures {
+        let _ = writeln!(
+            md,
+            "![training curves: loss, validation top-1 and learning rate against step](curves.png)\n\n\
+             Curves: [`curves.png`](curves.png), [`curves.svg`](curves.svg).\n"
+        );
+    } else {
+        let _ = writeln!(md, "(the curves could not be drawn)\n");
+    }
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(
         md,
@@ -133,7 +172,6 @@ fn write_summary(run: &Path, r: &TrainReport) -> Result<(), TrainError> {
         r.trainable_parameters, r.total_parameters
     );
     let _ = writeln!(md, "| output | {} |", r.output.display());
-    let _ = writeln!(md, "\nCurves: `curves.png` (top: training loss blue, validation loss orange; middle: validation top-1; bottom: learning rate).");
     let path = run.join("summary.md");
     crate::fsutil::write_file_atomically(&path, &md).map_err(io(&path))
 }
