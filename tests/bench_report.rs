@@ -134,7 +134,10 @@ fn chart_bars_are_proportional_to_the_values() {
     }
     let img = image::open(&png).expect("png").to_rgb8();
     assert_eq!(img.dimensions(), (chart.width, chart.height));
-    assert_eq!(img.dimensions(), (960, 420));
+    assert_eq!(
+        img.dimensions(),
+        (bench::chart::WIDTH, bench::chart::HEIGHT)
+    );
     // 4 latency bars, 4 single + 4 batch throughput bars.
     assert_eq!(chart.bars.len(), 12);
 
@@ -202,8 +205,7 @@ fn chart_bars_are_proportional_to_the_values() {
         .all(|(l, d)| *l >= d));
 
     let legend = chart.to_string();
-    assert!(legend.contains("ane = orange"));
-    assert!(legend.contains("gridlines every"));
+    assert!(legend.contains("full.bench.svg"), "{legend}");
 }
 
 #[test]

@@ -129,14 +129,110 @@ fn training_curves_without_validation_say_so() {
         best: None,
     };
     let (png, svg) = curves::write(dir.path(), &info, &history(false)).expect("write");
-    keep(&[&png, &svg]);
+    let (png2, svg2) = (
+        dir.path().join("no-val-curves.png"),
+        dir.path().join("no-val-curves.svg"),
+    );
+    std::fs::copy(&png, &png2).expect("copy");
+    std::fs::copy(&svg, &svg2).expect("copy");
+    keep(&[&png2, &svg2]);
     let texts = svg_texts(&svg);
     assert!(
         has(&texts, "no validation split, so no accuracy"),
         "{texts:?}"
     );
     assert!(!has(&texts, "best checkpoint"));
-    assert!(!has(&texts, "validation loss") || has(&texts, "training loss"));
+    // Series without points have no legend entry.
+    assert!(has(&texts, "training loss") && !has(&texts, "validation loss"));
     let (_, _, coloured, _) = ink(&png);
     assert!(coloured > 0.01);
+}
+
+fn sample(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/bench")
+        .join(name)
+}
+
+/// Renders a sample report; returns the SVG's texts and the chart.
+fn bench_chart(name: &str, stem: &str) -> (Vec<String>, bench::Chart, tempfile::TempDir) {
+    let r = bench::read_report(&sample(name)).expect("report");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chart =
+        bench::render_chart(&r, &dir.path().join(format!("{stem}.bench.png"))).expect("chart");
+    keep(&[&chart.path, &chart.svg_path]);
+    (svg_texts(&chart.svg_path), chart, dir)
+}
+
+#[test]
+fn bench_chart_names_units_and_values() {
+    let (texts, chart, _dir) = bench_chart("report-full.json", "full");
+    for want in [
+        "Core ML benchmark:",
+        "Latency per prediction",
+        "Throughput",
+        "latency (ms)",
+        "throughput (images/s)",
+        "median (p50)",
+        "whisker to p90",
+        "one image at a time",
+        "largest batch",
+        "CPU only",
+        "CPU + GPU",
+        "CPU + Neural Engine",
+        "all units",
+        "batch 8",
+    ] {
+        assert!(has(&texts, want), "no {want:?} in {texts:?}");
+    }
+    // Every bar's value is written over it: the ANE median from the report, in ms.
+    let ane = chart
+        .bars
+        .iter()
+        .find(|b| b.units == bench::ComputeUnits::Ane && b.series == bench::Series::LatencyP50)
+        .expect("ane latency");
+    assert!(has(&texts, &format!("{:.2} ms", ane.value)), "{texts:?}");
+    assert_eq!(
+        texts.iter().filter(|t| t.ends_with(" ms")).count(),
+        4,
+        "{texts:?}"
+    );
+    let (w, h, coloured, dark) = ink(&chart.path);
+    assert_eq!((w, h), (chart.width, chart.height));
+    assert!(coloured > 0.03 && dark > 0.002, "{coloured} {dark}");
+    assert!(dark_in_band(&chart.path, 8, 32) > 200, "title pixels");
+}
+
+#[test]
+fn bench_chart_with_a_failed_unit_still_reads() {
+    let (texts, chart, _dir) = bench_chart("report-failed-unit.json", "failed");
+    assert_eq!(chart.failed, vec![bench::ComputeUnits::Ane]);
+    assert!(has(&texts, "CPU + Neural Engine"), "{texts:?}");
+    assert!(texts.iter().any(|t| t == "failed"), "{texts:?}");
+    assert!(
+        has(
+            &texts,
+            "CPU + Neural Engine failed: loading with cpuAndNeuralEngine failed"
+        ),
+        "{texts:?}"
+    );
+    let (_, _, coloured, _) = ink(&chart.path);
+    assert!(coloured > 0.02);
+}
+
+#[test]
+fn bench_chart_of_a_cpu_only_report() {
+    let (texts, chart, _dir) = bench_chart("report-minimal.json", "cpu-only");
+    assert!(
+        has(&texts, "CPU only") && !has(&texts, "CPU + GPU"),
+        "{texts:?}"
+    );
+    // No batch sizes were measured: no batch bar, no batch legend entry.
+    assert!(!has(&texts, "largest batch"), "{texts:?}");
+    assert!(chart
+        .bars
+        .iter()
+        .all(|b| b.units == bench::ComputeUnits::Cpu));
+    assert_eq!(chart.bars.len(), 2, "{:?}", chart.bars);
+    assert!(dark_in_band(&chart.path, 8, 32) > 200);
 }

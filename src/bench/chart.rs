@@ -1,36 +1,32 @@
-//! A bar chart of a report, drawn pixel by pixel with the `image` crate. There is no
-//! font to draw with, so the chart carries no text: each compute unit has a fixed
-//! colour and [`Chart`]'s `Display` is the legend (colours, scales, gridline steps)
-//! to print next to the PNG.
-//!
-//! Layout: two panels side by side. Left, latency: one bar per unit up to p50, with a
-//! dark whisker from p50 to p90. Right, throughput: per unit a solid bar for single
-//! predictions and a lighter one for its largest batch. Each panel has its own scale
-//! from 0 (at the baseline) to a round number above its largest value, with light
-//! grey gridlines at round steps.
+//! The picture of a bench report, `NAME.bench.png` and `NAME.bench.svg`: two bar panels
+//! (latency: median bar with a whisker to p90; throughput: single predictions and the
+//! largest batch) with one group of bars per compute unit, named under it, its values
+//! written over the bars, and a title saying which model, machine and day. A unit that
+//! failed keeps its place with the word "failed" and the reason in a footnote, so a
+//! report with missing data still reads.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use image::{Rgb, RgbImage};
-
 use super::report::{BenchReport, ComputeUnits};
 use super::BenchError;
+use crate::plot::axes::{legend, x_axis_line, y_axis, LegendEntry, Plot, Swatch, TITLE_SIZE};
+use crate::plot::scene::{MUTED, TEXT};
+use crate::plot::{nice_ticks, short_number, text_width, Anchor, Scene, TextStyle};
 
-pub const WIDTH: u32 = 960;
-pub const HEIGHT: u32 = 420;
+pub const WIDTH: u32 = 1000;
+pub const HEIGHT: u32 = 520;
+const HEADER: u32 = 62;
 const PANEL_WIDTH: u32 = WIDTH / 2;
-const MARGIN_LEFT: u32 = 40;
-const MARGIN_RIGHT: u32 = 20;
-const MARGIN_TOP: u32 = 30;
-const MARGIN_BOTTOM: u32 = 40;
-/// Width of one unit's group of bars, and the gap around it.
-const GROUP_GAP: u32 = 16;
+const MARGIN_LEFT: u32 = 78;
+const MARGIN_RIGHT: u32 = 24;
+const PANEL_TOP: u32 = HEADER + 52;
+const FOOTER: u32 = 62;
+/// Room on each side of a unit's group of bars.
+const GROUP_GAP: u32 = 14;
 
-const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
-const AXIS: Rgb<u8> = Rgb([60, 60, 60]);
-const GRID: Rgb<u8> = Rgb([225, 225, 225]);
-const WHISKER: Rgb<u8> = Rgb([30, 30, 30]);
+const WHISKER: [u8; 3] = [30, 30, 30];
+const FAILED: [u8; 3] = [190, 30, 30];
 
 /// The colour of a compute unit's bars (colour-blind-friendly, distinct in grey too).
 pub fn unit_colour(units: ComputeUnits) -> [u8; 3] {
@@ -42,12 +38,13 @@ pub fn unit_colour(units: ComputeUnits) -> [u8; 3] {
     }
 }
 
-fn colour_name(units: ComputeUnits) -> &'static str {
+/// A unit as an app developer knows it (Core ML's `MLComputeUnits`).
+pub fn unit_label(units: ComputeUnits) -> &'static str {
     match units {
-        ComputeUnits::Cpu => "blue",
-        ComputeUnits::Gpu => "green",
-        ComputeUnits::Ane => "orange",
-        ComputeUnits::All => "purple",
+        ComputeUnits::Cpu => "CPU only",
+        ComputeUnits::Gpu => "CPU + GPU",
+        ComputeUnits::Ane => "CPU + Neural Engine",
+        ComputeUnits::All => "all units",
     }
 }
 
@@ -88,6 +85,17 @@ impl ChartPanel {
         let plot = f64::from(self.baseline - self.top);
         ((value / self.axis_max).clamp(0.0, 1.0) * plot).round() as u32
     }
+
+    fn plot(&self) -> Plot {
+        Plot {
+            left: self.left as f32,
+            top: self.top as f32,
+            right: self.right as f32,
+            bottom: self.baseline as f32,
+            x: (0.0, 1.0),
+            y: (0.0, self.axis_max),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +118,7 @@ pub struct ChartBar {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chart {
     pub path: PathBuf,
+    pub svg_path: PathBuf,
     pub width: u32,
     pub height: u32,
     pub panels: Vec<ChartPanel>,
@@ -118,42 +127,22 @@ pub struct Chart {
     pub failed: Vec<ComputeUnits>,
 }
 
-/// A round number (1, 2 or 5 times a power of ten) near `max / 5`, so about five
-/// gridlines fit, and the axis top: the first multiple of it at or above `max`.
-fn nice_scale(max: f64) -> (f64, f64) {
-    if !(max.is_finite() && max > 0.0) {
-        return (1.0, 0.2);
-    }
-    let raw = max / 5.0;
-    let power = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * power)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * power);
-    let top = (max / step).ceil().max(1.0) * step;
-    (top, step)
-}
-
-fn fill(img: &mut RgbImage, x0: u32, x1: u32, y0: u32, y1: u32, c: Rgb<u8>) {
-    for y in y0.min(img.height())..y1.min(img.height()) {
-        for x in x0.min(img.width())..x1.min(img.width()) {
-            img.put_pixel(x, y, c);
-        }
-    }
-}
-
 fn panel(index: u32, title: &'static str, unit: &'static str, max: f64) -> ChartPanel {
-    let (axis_max, grid_step) = nice_scale(max);
+    let max = if max.is_finite() && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
+    let (ticks, step) = nice_ticks(0.0, max, 5);
     ChartPanel {
         title,
         unit,
         left: index * PANEL_WIDTH + MARGIN_LEFT,
         right: (index + 1) * PANEL_WIDTH - MARGIN_RIGHT,
-        top: MARGIN_TOP,
-        baseline: HEIGHT - MARGIN_BOTTOM,
-        axis_max,
-        grid_step,
+        top: PANEL_TOP,
+        baseline: HEIGHT - FOOTER - 40,
+        axis_max: *ticks.last().unwrap_or(&max),
+        grid_step: step,
     }
 }
 
@@ -182,6 +171,13 @@ fn entries(report: &BenchReport) -> (Vec<Entry>, Vec<Entry>) {
     (latency, throughput)
 }
 
+/// The columns of each unit's group: `units.len()` equal slots across the panel.
+fn group(p: &ChartPanel, g: usize, groups: usize) -> (u32, u32) {
+    let width = (p.right - p.left) / groups.max(1) as u32;
+    let x0 = p.left + g as u32 * width;
+    (x0, x0 + width)
+}
+
 /// Lays out a panel's bars: one group per unit in report order, bars side by side.
 fn layout(
     p: &ChartPanel,
@@ -189,21 +185,20 @@ fn layout(
     entries: &[Entry],
     units: &[ComputeUnits],
 ) -> Vec<ChartBar> {
-    let groups = units.len().max(1) as u32;
-    let group_width = (p.right - p.left) / groups;
     let mut bars = Vec::new();
     for (g, u) in units.iter().enumerate() {
         let mine: Vec<&Entry> = entries.iter().filter(|e| e.0 == *u).collect();
         if mine.is_empty() {
             continue;
         }
-        let inner = group_width
+        let (gx0, gx1) = group(p, g, units.len());
+        let inner = (gx1 - gx0)
             .saturating_sub(2 * GROUP_GAP)
-            .max(mine.len() as u32);
+            .clamp(mine.len() as u32, 90 * mine.len() as u32);
         let bar_width = inner / mine.len() as u32;
-        let group_x = p.left + g as u32 * group_width + GROUP_GAP;
+        let start = (gx0 + gx1) / 2 - bar_width * mine.len() as u32 / 2;
         for (i, e) in mine.iter().enumerate() {
-            let x0 = group_x + i as u32 * bar_width;
+            let x0 = start + i as u32 * bar_width;
             let base = unit_colour(e.0);
             bars.push(ChartBar {
                 panel: index,
@@ -225,64 +220,243 @@ fn layout(
     bars
 }
 
-fn draw_panel_frame(img: &mut RgbImage, p: &ChartPanel) {
-    let mut k = 1.0;
-    // Gridlines at every step up to the axis top (the top one included).
-    while k * p.grid_step <= p.axis_max * (1.0 + 1e-9) {
-        let y = p.baseline - p.bar_height(k * p.grid_step);
-        fill(img, p.left, p.right, y, y + 1, GRID);
-        k += 1.0;
-    }
-    fill(img, p.left - 1, p.left, p.top, p.baseline + 1, AXIS);
-    fill(img, p.left - 1, p.right, p.baseline, p.baseline + 2, AXIS);
+fn draw_panel(s: &mut Scene, p: &ChartPanel, y_label: &str, legend_entries: &[LegendEntry]) {
+    s.text(
+        p.left as f32,
+        (PANEL_TOP - 30) as f32,
+        p.title,
+        TextStyle::new(13.0).bold(),
+    );
+    legend(s, p.right as f32, (PANEL_TOP - 12) as f32, legend_entries);
+    let (ticks, _) = nice_ticks(0.0, p.axis_max, 5);
+    y_axis(s, &p.plot(), &ticks, p.grid_step, y_label);
+    x_axis_line(s, &p.plot());
 }
 
-fn draw_bar(img: &mut RgbImage, p: &ChartPanel, b: &ChartBar) {
-    let c = Rgb(b.colour);
-    fill(img, b.x0, b.x1, p.baseline - b.height, p.baseline, c);
+fn draw_bar(s: &mut Scene, p: &ChartPanel, b: &ChartBar) {
+    let top = (p.baseline - b.height) as f32;
+    s.rect(
+        b.x0 as f32,
+        top,
+        (b.x1 - b.x0) as f32,
+        b.height as f32,
+        b.colour,
+    );
+    let mut label_y = top - 5.0;
     if let Some(w) = b.whisker {
         // p50 -> p90: a 2-pixel line up the middle with a cap half the bar wide.
-        let mid = (b.x0 + b.x1) / 2;
-        let top = p.baseline - p.bar_height(w);
-        let bottom = p.baseline - b.height;
-        if top < bottom {
-            fill(img, mid - 1, mid + 1, top, bottom, WHISKER);
+        let mid = ((b.x0 + b.x1) / 2) as f32;
+        let wtop = (p.baseline - p.bar_height(w)) as f32;
+        if wtop < top {
+            s.rect(mid - 1.0, wtop, 2.0, top - wtop, WHISKER);
         }
-        let quarter = (b.x1 - b.x0) / 4;
-        fill(img, mid - quarter, mid + quarter, top, top + 2, WHISKER);
+        let quarter = ((b.x1 - b.x0) / 4) as f32;
+        s.rect(mid - quarter, wtop, 2.0 * quarter, 2.0, WHISKER);
+        label_y = label_y.min(wtop - 5.0);
+    }
+    let text = match b.series {
+        Series::LatencyP50 => format!("{} ms", short_number(b.value)),
+        _ => short_number(b.value),
+    };
+    s.text(
+        ((b.x0 + b.x1) / 2) as f32,
+        label_y,
+        text,
+        TextStyle::new(11.0).anchor(Anchor::Middle),
+    );
+    if let Series::BatchThroughput(n) = b.series {
+        s.text(
+            ((b.x0 + b.x1) / 2) as f32,
+            label_y - 13.0,
+            format!("batch {n}"),
+            TextStyle::new(10.0).colour(MUTED).anchor(Anchor::Middle),
+        );
     }
 }
 
-/// Draws the report's chart into `png_path` and returns its layout; the `Display` of
-/// the result is the legend to print beside it.
-pub fn render_chart(report: &BenchReport, png_path: &Path) -> Result<Chart, BenchError> {
+/// The unit names under each group, and "failed" where a unit has no bars.
+fn draw_groups(s: &mut Scene, p: &ChartPanel, report: &BenchReport) {
+    let units: Vec<ComputeUnits> = report.units.iter().map(|u| u.compute_units).collect();
+    for (g, u) in report.units.iter().enumerate() {
+        let (x0, x1) = group(p, g, units.len());
+        let mid = ((x0 + x1) / 2) as f32;
+        s.text(
+            mid,
+            (p.baseline + 18) as f32,
+            unit_label(u.compute_units),
+            TextStyle::new(11.0).colour(TEXT).anchor(Anchor::Middle),
+        );
+        if u.error.is_some() {
+            s.text(
+                mid,
+                (p.baseline - 12) as f32,
+                "failed",
+                TextStyle::new(12.0)
+                    .bold()
+                    .colour(FAILED)
+                    .anchor(Anchor::Middle),
+            );
+        }
+    }
+}
+
+/// Cuts `text` to fit `width` pixels at `size`, ending in "...".
+fn fit(text: &str, size: f32, width: f32) -> String {
+    if text_width(text, size, false) <= width {
+        return text.to_string();
+    }
+    let mut out: String = text.to_string();
+    while !out.is_empty() && text_width(&format!("{out}..."), size, false) > width {
+        out.pop();
+    }
+    format!("{}...", out.trim_end())
+}
+
+fn header(s: &mut Scene, report: &BenchReport) {
+    let name = Path::new(&report.model.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| report.model.path.clone());
+    s.text(
+        20.0,
+        26.0,
+        format!("Core ML benchmark: {name}"),
+        TextStyle::new(TITLE_SIZE).bold(),
+    );
+    let m = &report.machine;
+    let input = report
+        .model
+        .inputs
+        .first()
+        .map(|i| {
+            let shape = i
+                .shape
+                .as_ref()
+                .map(|s| {
+                    s.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("x")
+                })
+                .unwrap_or_default();
+            format!("input {} {shape}", i.name)
+        })
+        .unwrap_or_default();
+    let precision = report
+        .model
+        .metadata
+        .get("precision")
+        .map(|p| format!(", {p}"))
+        .unwrap_or_default();
+    let line = format!(
+        "{} ({}), macOS {}, {}; {}{precision}",
+        m.chip,
+        m.hardware_model.as_deref().unwrap_or("Mac"),
+        m.os_version.trim_start_matches("Version "),
+        report.created_at.replace('T', " ").replace('Z', " UTC"),
+        input,
+    );
+    s.text(
+        20.0,
+        46.0,
+        fit(&line, 12.0, WIDTH as f32 - 40.0),
+        TextStyle::new(12.0).colour(MUTED),
+    );
+}
+
+fn footer(s: &mut Scene, report: &BenchReport) {
+    let mut y = (HEIGHT - FOOTER + 8) as f32;
+    s.text(
+        20.0,
+        y,
+        format!(
+            "{} timed predictions per unit after {} warm-up. Latency: lower is better; throughput: higher is better.",
+            report.settings.iterations, report.settings.warmup
+        ),
+        TextStyle::new(11.0).colour(MUTED),
+    );
+    y += 16.0;
+    for u in &report.units {
+        if let Some(e) = &u.error {
+            let line = format!("{} failed: {e}", unit_label(u.compute_units));
+            s.text(
+                20.0,
+                y,
+                fit(&line, 11.0, WIDTH as f32 - 40.0),
+                TextStyle::new(11.0).colour(FAILED),
+            );
+            y += 15.0;
+        }
+    }
+}
+
+/// The report's chart as a scene, with its layout.
+pub fn chart_scene(report: &BenchReport) -> (Scene, Vec<ChartPanel>, Vec<ChartBar>) {
     let (latency, throughput) = entries(report);
     let latency_max = latency
         .iter()
         .map(|e| e.3.unwrap_or(e.2).max(e.2))
         .fold(0.0, f64::max);
     let throughput_max = throughput.iter().map(|e| e.2).fold(0.0, f64::max);
+    // Headroom over the tallest bar for its value (and batch) label.
     let panels = vec![
-        panel(0, "latency", "ms", latency_max),
-        panel(1, "throughput", "images/s", throughput_max),
+        panel(0, "Latency per prediction", "ms", latency_max * 1.12),
+        panel(1, "Throughput", "images/s", throughput_max * 1.18),
     ];
     let units: Vec<ComputeUnits> = report.units.iter().map(|u| u.compute_units).collect();
     let mut bars = layout(&panels[0], 0, &latency, &units);
     bars.extend(layout(&panels[1], 1, &throughput, &units));
 
-    let mut img = RgbImage::from_pixel(WIDTH, HEIGHT, WHITE);
+    let mut s = Scene::new(WIDTH, HEIGHT);
+    header(&mut s, report);
+    let grey = [150, 150, 150];
+    draw_panel(
+        &mut s,
+        &panels[0],
+        "latency (ms)",
+        &[
+            LegendEntry::new("median (p50)", grey, Swatch::Box),
+            LegendEntry::new("whisker to p90", WHISKER, Swatch::Line),
+        ],
+    );
+    let batch = throughput
+        .iter()
+        .find_map(|e| match e.1 {
+            Series::BatchThroughput(_) => Some(()),
+            _ => None,
+        })
+        .is_some();
+    let mut right = vec![LegendEntry::new("one image at a time", grey, Swatch::Box)];
+    if batch {
+        right.push(LegendEntry::new(
+            "largest batch (lighter)",
+            lighter(grey),
+            Swatch::Box,
+        ));
+    }
+    draw_panel(&mut s, &panels[1], "throughput (images/s)", &right);
     for p in &panels {
-        draw_panel_frame(&mut img, p);
+        draw_groups(&mut s, p, report);
     }
     for b in &bars {
-        draw_bar(&mut img, &panels[b.panel], b);
+        draw_bar(&mut s, &panels[b.panel], b);
     }
-    img.save(png_path).map_err(|source| BenchError::Chart {
+    footer(&mut s, report);
+    (s, panels, bars)
+}
+
+/// Draws the report's chart into `png_path` and its SVG twin beside it, and returns
+/// the layout.
+pub fn render_chart(report: &BenchReport, png_path: &Path) -> Result<Chart, BenchError> {
+    let (scene, panels, bars) = chart_scene(report);
+    let svg_path = png_path.with_extension("svg");
+    crate::plot::save(&scene, png_path, &svg_path).map_err(|e| BenchError::Chart {
         path: png_path.to_path_buf(),
-        source,
+        source: image::ImageError::IoError(e),
     })?;
     Ok(Chart {
         path: png_path.to_path_buf(),
+        svg_path,
         width: WIDTH,
         height: HEIGHT,
         panels,
@@ -296,62 +470,16 @@ pub fn render_chart(report: &BenchReport, png_path: &Path) -> Result<Chart, Benc
     })
 }
 
-/// Trims a float for the legend: 12.5, 0.02, 1000.
-fn short(v: f64) -> String {
-    let s = format!("{v:.4}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
 impl fmt::Display for Chart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "chart: {} ({}x{})",
+            "chart: {} and {} ({}x{})",
             self.path.display(),
+            self.svg_path.display(),
             self.width,
             self.height
         )?;
-        let mut seen = Vec::new();
-        for b in &self.bars {
-            if !seen.contains(&b.units) {
-                seen.push(b.units);
-            }
-        }
-        let colours: Vec<String> = seen
-            .iter()
-            .map(|u| format!("{u} = {}", colour_name(*u)))
-            .collect();
-        writeln!(f, "  colours: {}", colours.join(", "))?;
-        for (i, p) in self.panels.iter().enumerate() {
-            let side = if i == 0 { "left" } else { "right" };
-            let what = if i == 0 {
-                "bar = p50, dark whisker up to p90"
-            } else {
-                "solid = single predictions, light = largest batch"
-            };
-            writeln!(
-                f,
-                "  {side}: {} in {} ({what}); axis 0 to {} {}, gridlines every {} {}",
-                p.title,
-                p.unit,
-                short(p.axis_max),
-                p.unit,
-                short(p.grid_step),
-                p.unit
-            )?;
-            for b in self.bars.iter().filter(|b| b.panel == i) {
-                let label = match b.series {
-                    Series::LatencyP50 => "p50".to_string(),
-                    Series::Throughput => "single".to_string(),
-                    Series::BatchThroughput(n) => format!("batch {n}"),
-                };
-                write!(f, "    {:<4} {label:<9} {:>10.2}", b.units.name(), b.value)?;
-                if let Some(w) = b.whisker {
-                    write!(f, " (p90 {w:.2})")?;
-                }
-                writeln!(f)?;
-            }
-        }
         if !self.failed.is_empty() {
             let names: Vec<&str> = self.failed.iter().map(|u| u.name()).collect();
             writeln!(f, "  no bars (failed): {}", names.join(", "))?;

@@ -6,7 +6,7 @@
 //!
 //! No MLX here: the module builds with `--no-default-features`.
 
-mod chart;
+pub mod chart;
 mod reference;
 mod report;
 mod run;

@@ -55,6 +55,11 @@ pub fn y_axis(scene: &mut Scene, p: &Plot, ticks: &[f64], step: f64, label: &str
     );
 }
 
+/// The bottom axis line alone (bar charts name their groups themselves).
+pub fn x_axis_line(scene: &mut Scene, p: &Plot) {
+    scene.rect(p.left - 1.0, p.bottom, p.right - p.left + 1.0, 1.0, AXIS);
+}
+
 /// Ticks and labels along the bottom, the axis line, and `label` under them.
 pub fn x_axis(scene: &mut Scene, p: &Plot, ticks: &[f64], step: f64, label: &str) {
     let tick = TextStyle::new(TICK_SIZE)
@@ -181,6 +186,7 @@ pub fn line_panel(
     let entries: Vec<LegendEntry> = panel
         .series
         .iter()
+        .filter(|s| !s.points.is_empty())
         .map(|s| LegendEntry::new(&s.name, s.colour, Swatch::Line))
         .chain(
             panel

@@ -13,8 +13,8 @@ fn blend(img: &mut RgbImage, x: i64, y: i64, c: Colour, a: f32) {
     }
     let a = a.min(1.0);
     let p = img.get_pixel_mut(x as u32, y as u32);
-    for k in 0..3 {
-        p.0[k] = (f32::from(p.0[k]) * (1.0 - a) + f32::from(c[k]) * a).round() as u8;
+    for (old, new) in p.0.iter_mut().zip(c) {
+        *old = (f32::from(*old) * (1.0 - a) + f32::from(new) * a).round() as u8;
     }
 }
 

@@ -31,6 +31,10 @@ pub struct RunConfig {
 pub struct RunSection {
     /// Run folder, relative to the config file.
     pub out: PathBuf,
+    /// Also train the `[train]` recipe from this source (a preset: random init; or a
+    /// folder or hub id) into `baseline/`, and show its validation top-1 beside this run's.
+    #[serde(default)]
+    pub baseline: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,9 +164,15 @@ fn resolve_paths(cfg: &mut RunConfig, base: &Path) {
     cfg.train.val_data = cfg.train.val_data.as_deref().map(rel);
     cfg.merge.adapters = cfg.merge.adapters.as_deref().map(rel);
     cfg.verify.images = cfg.verify.images.iter().map(|p| rel(p)).collect();
-    let local = base.join(&cfg.convert.source);
-    if !cfg.convert.source.starts_with("preset:") && local.exists() {
-        cfg.convert.source = local.to_string_lossy().into_owned();
+    let source = |s: &mut String| {
+        let local = base.join(&*s);
+        if !s.starts_with("preset:") && local.exists() {
+            *s = local.to_string_lossy().into_owned();
+        }
+    };
+    source(&mut cfg.convert.source);
+    if let Some(b) = cfg.run.baseline.as_mut() {
+        source(b);
     }
 }
 

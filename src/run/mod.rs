@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+mod baseline;
 mod cache;
 mod config;
 mod stages;
@@ -48,6 +49,7 @@ pub fn run(
     let mut cache = StageCache::open(&cfg.run.out, from, quiet);
     let converted = stages::convert(&cfg, &mut cache)?;
     let trained = stages::train(&cfg, &converted, &mut cache)?;
+    baseline::baseline(&cfg, &mut cache)?;
     let merged = stages::merge(&cfg, &converted, &trained, &mut cache)?;
     let exported = stages::export(&cfg, &trained, &merged, &mut cache)?;
     stages::verify(&cfg, &merged, &exported, &mut cache)?;

@@ -77,8 +77,12 @@ fn device_in_words() -> String {
 /// What the curves' title says about this run.
 fn curves_info(plan: &Plan, r: &TrainReport) -> CurvesInfo {
     let cfg = &plan.cfg;
-    let name = plan
-        .run
+    // `pipeline run` trains into RUN/train: the run's own name says more.
+    let named = match plan.run.file_name() {
+        Some(n) if n == "train" || n == "baseline" => plan.run.parent().unwrap_or(&plan.run),
+        _ => plan.run.as_path(),
+    };
+    let name = named
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| plan.run.display().to_string());
@@ -99,14 +103,14 @@ fn curves_info(plan: &Plan, r: &TrainReport) -> CurvesInfo {
         (step, why)
     });
     let mut subtitle = format!(
-        "{} on {}: {} steps, {} epochs, batch {}, lr {}, {:?}",
+        "{} on {}: {} steps, {} epochs, batch {}, lr {}, {}",
         plan.base_info.config.provenance.source,
         data,
         r.steps,
         r.epochs_completed,
         cfg.batch_size,
         crate::plot::short_number(f64::from(cfg.lr)),
-        cfg.precision
+        format!("{:?}", cfg.precision).to_lowercase()
     );
     if let Some(e) = &r.final_eval {
         subtitle.push_str(&format!("; final val top-1 {:.1}%", 100.0 * e.top1));
