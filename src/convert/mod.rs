@@ -1,11 +1,13 @@
 //! `pipeline convert`: a Hugging Face (`transformers` ViT, DINOv2, DINOv2 with registers)
 //! or timm checkpoint into the project's checkpoint. Each family is a config reader plus
 //! a table from our tensor names to the source's; the pass over the tensors is shared,
-//! streams from memory-mapped files and fails on any unused or missing tensor.
+//! streams from memory-mapped files and fails on any unused or missing tensor. A folder
+//! that already holds our own checkpoint (`model.json`) is validated and copied.
 
 mod family;
 mod hf;
 pub mod hub;
+mod ours;
 pub mod preset;
 mod source;
 mod timm;
@@ -126,7 +128,8 @@ pub fn source_names(config: &ModelConfig) -> Option<BTreeMap<String, String>> {
 }
 
 /// Converts SOURCE (a local folder, a Hugging Face repo id or `preset:NAME`) into a
-/// checkpoint folder at `out`.
+/// checkpoint folder at `out`. A folder with `model.json` is one of our own checkpoints
+/// (written by convert or train): validated and copied.
 pub fn convert(
     source: &str,
     out: &Path,
@@ -135,6 +138,13 @@ pub fn convert(
     let started = Instant::now();
     if let Some(name) = source.strip_prefix("preset:") {
         let report = preset::write_random(name, 0, out, opts.force)?;
+        return Ok(ConvertReport {
+            seconds: started.elapsed().as_secs_f64(),
+            ..report
+        });
+    }
+    if ours::is_ours(Path::new(source)) {
+        let report = ours::copy(Path::new(source), source, out, opts.force, opts.image_size)?;
         return Ok(ConvertReport {
             seconds: started.elapsed().as_secs_f64(),
             ..report

@@ -33,7 +33,7 @@ pub fn resolve(source: &str, revision: Option<&str>) -> Result<SourceFiles, Conv
     }
     if path.exists() {
         return Err(ConvertError::Source(format!(
-            "{source}: expected a folder holding config.json and model.safetensors"
+            "{source}: expected a folder holding config.json and model.safetensors (or this tool's model.json and model.safetensors)"
         )));
     }
     if looks_like_repo_id(source) {
@@ -58,7 +58,7 @@ fn local(dir: &Path, label: &str) -> Result<SourceFiles, ConvertError> {
     let config = dir.join(CONFIG);
     if !config.is_file() {
         return Err(ConvertError::Source(format!(
-            "{}: missing config.json (needed to know the architecture)",
+            "{}: missing config.json (needed to know the architecture), and no model.json (this tool's own checkpoint)",
             dir.display()
         )));
     }
