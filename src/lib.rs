@@ -20,6 +20,7 @@ pub mod merge;
 pub mod model;
 pub mod plot;
 pub mod posembed;
+pub mod predict;
 pub mod progress;
 pub mod rng;
 #[cfg(feature = "mlx")]

@@ -97,6 +97,33 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         batch: usize,
     },
+    /// Class names and probabilities for images, from a checkpoint or an exported package.
+    #[command(
+        long_about = "Top-k classes with probabilities per image. With --model DIR (a \
+        checkpoint with a head) the MLX forward runs; with a PKG.mlpackage our interpreter \
+        runs the package's own program (its classifier probabilities, or the softmax of a \
+        logits output), preparing each image as the package's metadata says (resize the \
+        shorter side, centre-crop, and for multiArray inputs normalise). Core ML itself \
+        will run it on a Mac once the macOS runtime path exists. A backbone without a head, \
+        a package with only features, or an unreadable image is an error naming it."
+    )]
+    Predict {
+        /// Checkpoint folder with a classification head (MLX forward).
+        #[arg(long, short, conflicts_with = "package")]
+        model: Option<PathBuf>,
+        /// An exported .mlpackage (our interpreter); or give it as the first path.
+        #[arg(long)]
+        package: Option<PathBuf>,
+        /// Image files (PNG, JPEG, WebP, BMP). A leading .mlpackage is taken as --package.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Classes to show per image.
+        #[arg(long, short = 'k', default_value_t = 5)]
+        top_k: usize,
+        /// JSON on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fine-tune a checkpoint with LoRA (default) or fully, on an image folder, CSV or JSON list.
     #[cfg(feature = "mlx")]
     #[command(
@@ -661,6 +688,30 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|s| format!(", logits {s:?}"))
                     .unwrap_or_default()
             );
+        }
+        Command::Predict {
+            model,
+            package,
+            mut images,
+            top_k,
+            json,
+        } => {
+            let predictor = match (model, package) {
+                (Some(m), _) => lib::predict::Predictor::Model(m),
+                (None, Some(p)) => lib::predict::Predictor::Package(p),
+                (None, None) if images.first().is_some_and(|p| lib::predict::is_package(p)) => {
+                    lib::predict::Predictor::Package(images.remove(0))
+                }
+                (None, None) => anyhow::bail!(
+                    "predict needs --model DIR (a checkpoint) or a PKG.mlpackage before the images"
+                ),
+            };
+            let r = lib::predict::predict(&predictor, &images, top_k).context("predicting")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
         }
         #[cfg(feature = "mlx")]
         Command::Train(args) => {

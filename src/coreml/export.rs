@@ -372,6 +372,11 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
 /// Metadata key holding the weight precision, so `verify` can pick its thresholds.
 pub const PRECISION_KEY: &str = "precision";
 
+/// Metadata key holding the checkpoint's evaluation preprocessing as JSON (mean, std,
+/// `resize_shorter`), so an app, or `pipeline predict` on the package alone, can prepare
+/// images as the model was trained to see them.
+pub const PREPROCESS_KEY: &str = "preprocess";
+
 /// Metadata keys describing compressed weights.
 pub mod compression_keys {
     /// The method (`int8`, `int4`, `palette8`, ...).
@@ -409,6 +414,10 @@ fn metadata(
     put("dataset", &meta.dataset);
     put("val_accuracy", &meta.val_accuracy.map(|a| format!("{a}")));
     ud.insert(PRECISION_KEY.into(), precision.to_string());
+    ud.insert(
+        PREPROCESS_KEY.into(),
+        serde_json::to_string(&cfg.preprocess).expect("preprocess is plain data"),
+    );
     if let Some(c) = compression {
         use compression_keys as k;
         ud.insert(k::METHOD.into(), c.method.to_string());
