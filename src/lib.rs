@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod coreml;
+pub mod coreml_runtime;
 pub mod data;
 #[cfg(feature = "mlx")]
 pub mod embed;

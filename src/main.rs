@@ -248,7 +248,22 @@ enum Command {
         /// the package's top-1 agrees with the model's.
         #[arg(long, default_value_t = 0.95)]
         min_agreement: f64,
+        /// Where the package runs: `interp` (our MIL interpreter, any platform) or
+        /// `coreml` (Core ML itself on each --compute-units setting; macOS, built with
+        /// `--features coreml`), compared with the model, the interpreter and `cpu`.
+        #[arg(long, value_enum, default_value = "interp")]
+        runtime: Runtime,
+        /// Settings for --runtime coreml: cpu, gpu, ane, all (comma-separated).
+        #[arg(long, default_value = "cpu,gpu,ane,all")]
+        compute_units: String,
     },
+}
+
+/// `pipeline verify --runtime`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Runtime {
+    Interp,
+    Coreml,
 }
 
 #[derive(clap::Args)]
@@ -785,6 +800,7 @@ fn run(cli: Cli) -> Result<()> {
             for (k, v) in lib::backend::doctor() {
                 println!("{:<17} {v}", format!("{k}:"));
             }
+            println!("{:<17} {}", "core ml:", lib::coreml_runtime::availability());
         }
         Command::Bench(args) => {
             if let Some(path) = &args.report {
@@ -822,6 +838,8 @@ fn run(cli: Cli) -> Result<()> {
             limit,
             max_top1_drop,
             min_agreement,
+            runtime,
+            compute_units,
         } => {
             let opts = lib::verify::VerifyOptions {
                 model,
@@ -838,6 +856,9 @@ fn run(cli: Cli) -> Result<()> {
                     ..Default::default()
                 },
             };
+            if runtime == Runtime::Coreml {
+                return verify_coreml(&package, &opts, &compute_units, json);
+            }
             let r = lib::verify::verify(&package, &opts)
                 .with_context(|| format!("verifying {}", package.display()))?;
             println!("{r}");
@@ -855,6 +876,27 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `pipeline verify --runtime coreml`: Core ML on each setting against the model, our
+/// interpreter and `cpu`; table, JSON, exit 1 when a setting fails.
+fn verify_coreml(
+    package: &std::path::Path,
+    opts: &lib::verify::VerifyOptions,
+    units: &str,
+    json: Option<PathBuf>,
+) -> Result<()> {
+    let units = lib::coreml_runtime::parse_units(units)?;
+    let r = lib::coreml_runtime::verify::verify_coreml(package, opts, &units)
+        .with_context(|| format!("verifying {} with Core ML", package.display()))?;
+    println!("{r}");
+    let json = json.unwrap_or_else(|| lib::coreml_runtime::verify::default_json_path(package));
+    lib::coreml_runtime::verify::write_json(&r, &json)?;
+    println!("report: {}", json.display());
+    if !r.pass {
+        anyhow::bail!("{} does not pass on Core ML", package.display());
     }
     Ok(())
 }

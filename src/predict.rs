@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::checkpoint::{self, CheckpointError};
+use crate::checkpoint::CheckpointError;
 use crate::config::Preprocess;
 use crate::coreml::interp::{InterpError, Output, Package, Tensor};
 use crate::imaging::{self, ImageError};
@@ -124,7 +124,7 @@ pub fn predict(
 
 #[cfg(feature = "mlx")]
 fn with_model(dir: &Path, images: &[PathBuf], k: usize) -> Result<PredictReport, PredictError> {
-    let ck = checkpoint::Checkpoint::load(dir)?;
+    let ck = crate::checkpoint::Checkpoint::load(dir)?;
     let cfg = &ck.config;
     if cfg.num_classes == 0 {
         return Err(PredictError::NoHead {

@@ -41,6 +41,8 @@ pub enum VerifyStageError {
     /// The `--reference-out` file could not be built or written (the message names it).
     #[error("writing the coreml-bench reference file: {source}")]
     ReferenceOut { path: PathBuf, source: BenchError },
+    #[error(transparent)]
+    CoreMl(#[from] crate::coreml_runtime::CoreMlError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -70,6 +72,9 @@ pub struct VerifyOptions {
     pub limit: usize,
     /// How a compressed package is judged.
     pub compressed: coreml::verify::CompressedRules,
+    /// Run the package on this many inputs at a time (a batch size it accepts; 0 or 1:
+    /// one at a time).
+    pub batch: usize,
 }
 
 /// Reference-file tensors by name.
@@ -259,7 +264,7 @@ fn gather_inputs(
 }
 
 /// Top-1 of the package's class scores and of the reference logits against labels.
-fn accuracy(
+pub(crate) fn accuracy(
     got: &std::collections::BTreeMap<String, Vec<f32>>,
     reference: &[(String, Tensor)],
     labels: &[usize],
@@ -292,7 +297,18 @@ fn accuracy(
     })
 }
 
-pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyStageError> {
+/// What every runtime's check starts from: the package, the inputs it is fed (under its
+/// input name) and the reference outputs (under the reference names), with labels when
+/// they come from a data set.
+pub(crate) struct Prepared {
+    pub pkg: Package,
+    pub precision: Precision,
+    pub inputs: Vec<(String, Tensor)>,
+    pub outputs: Vec<(String, Tensor)>,
+    pub labels: Option<Vec<usize>>,
+}
+
+pub(crate) fn prepare(pkg_path: &Path, opts: &VerifyOptions) -> Result<Prepared, VerifyStageError> {
     let pkg = Package::open(pkg_path)?;
     let precision = package_precision(&pkg);
     let package_inputs = pkg.inputs()?;
@@ -319,13 +335,28 @@ pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
     } else {
         inputs.normalised
     };
-    let inputs = [(input_name, x)];
-    let run = coreml::verify::run_examples(pkg_path, &inputs)?;
-    let th = coreml::verify::Thresholds::for_precision(precision);
-    let checks = coreml::verify::compare(&run.outputs, &outputs, &th)?;
+    Ok(Prepared {
+        pkg,
+        precision,
+        inputs: vec![(input_name, x)],
+        outputs,
+        labels,
+    })
+}
+
+/// Our interpreter on the prepared inputs, judged against the reference; with the
+/// outputs it gave (examples concatenated), which other runtimes are compared with.
+pub(crate) fn check_interpreter(
+    pkg_path: &Path,
+    p: &Prepared,
+    opts: &VerifyOptions,
+) -> Result<(VerifyReport, std::collections::BTreeMap<String, Vec<f32>>), VerifyStageError> {
+    let run = coreml::verify::run_examples_batched(pkg_path, &p.inputs, opts.batch)?;
+    let th = coreml::verify::Thresholds::for_precision(p.precision);
+    let checks = coreml::verify::compare(&run.outputs, &p.outputs, &th)?;
     let mut report = VerifyReport {
         package: pkg_path.to_path_buf(),
-        precision,
+        precision: p.precision,
         examples: run.examples,
         thresholds: th,
         rule: coreml::verify::Rule::Thresholds,
@@ -334,14 +365,20 @@ pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
         pass: checks.iter().all(|c| c.pass),
         outputs: checks,
     };
-    if let Some(labels) = &labels {
-        report.accuracy = Some(accuracy(&run.outputs, &outputs, labels)?);
+    if let Some(labels) = &p.labels {
+        report.accuracy = Some(accuracy(&run.outputs, &p.outputs, labels)?);
     }
-    if let Some(c) = package_compression(&pkg) {
+    if let Some(c) = package_compression(&p.pkg) {
         report.judge_compressed(c, &opts.compressed);
     }
+    Ok((report, run.outputs))
+}
+
+pub fn verify(pkg_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyStageError> {
+    let p = prepare(pkg_path, opts)?;
+    let (report, _) = check_interpreter(pkg_path, &p, opts)?;
     if let Some(path) = &opts.reference_out {
-        write_reference_out(&pkg, path, opts, &inputs, &outputs)?;
+        write_reference_out(&p.pkg, path, opts, &p.inputs, &p.outputs)?;
     }
     Ok(report)
 }
@@ -385,7 +422,7 @@ fn reference_outputs(
     Ok(outputs)
 }
 
-fn write_reference_out(
+pub(crate) fn write_reference_out(
     pkg: &Package,
     path: &Path,
     opts: &VerifyOptions,
