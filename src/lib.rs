@@ -11,10 +11,13 @@ pub mod coreml;
 pub mod coreml_runtime;
 pub mod data;
 #[cfg(feature = "mlx")]
+pub mod distributed;
+#[cfg(feature = "mlx")]
 pub mod embed;
 pub mod fsutil;
 pub mod imaging;
 pub mod inspect;
+pub mod launch;
 #[cfg(feature = "mlx")]
 pub mod merge;
 #[cfg(feature = "mlx")]

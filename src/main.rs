@@ -139,6 +139,34 @@ enum Command {
         (resumable with --resume), metrics.jsonl, curves.png and summary.md/json."
     )]
     Train(TrainArgs),
+    /// Start the ranks of a data-parallel training run (MLX's ring or NCCL backend).
+    #[command(
+        long_about = "Start N ranks of `pipeline train` as one data-parallel run over MLX's \
+        distributed layer, the way mlx.launch does: on this host on free loopback ports, or \
+        N per host of an mlx.launch hostfile ([{\"ssh\": \"host\", \"ips\": [\"10.0.0.2\"]}], \
+        started over ssh, same binary path and working folder everywhere). --batch-size \
+        stays the global batch (it must divide by the ranks); rank 0 writes the run folder. \
+        Every output line is prefixed with its rank; when one rank fails the others are \
+        stopped and launch exits with its status.\n\n\
+        Example: pipeline launch -n 2 -- train --model base --data data --out run"
+    )]
+    Launch {
+        /// Ranks (per host with --hosts).
+        #[arg(short = 'n', long, default_value_t = 2)]
+        ranks: usize,
+        /// mlx.launch hostfile of remote hosts (JSON).
+        #[arg(long)]
+        hosts: Option<PathBuf>,
+        /// ring (TCP; CPUs and Macs) or nccl (NVIDIA GPUs).
+        #[arg(long, default_value = "ring")]
+        backend: lib::launch::LaunchBackend,
+        /// No `launch:` lines of our own.
+        #[arg(long)]
+        quiet: bool,
+        /// The command each rank runs: `train ARGS...`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Which MLX library and device training would use, and what is missing for a GPU.
     #[cfg(feature = "mlx")]
     Doctor,
@@ -573,6 +601,11 @@ impl TrainArgs {
                 dropout: self.lora_dropout,
                 targets: self.targets.clone(),
             },
+    /// Data-parallel training: auto (join the group MLX's launch variables describe:
+    /// MLX_RANK + MLX_HOSTFILE for ring, MLX_RANK + MLX_WORLD_SIZE + NCCL_HOST_IP +
+    /// NCCL_PORT for NCCL), off (ignore them), or any/ring/mpi/nccl.
+    #[arg(long, default_value = "auto")]
+    distributed: lib::distributed::Choice,
             train_norms: self.train_norms,
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -740,8 +773,15 @@ fn run(cli: Cli) -> Result<()> {
                     false,
                 ),
             };
-            let r = lib::train::train(&model, &out, &cfg, resume, args.force, args.quiet)
-                .with_context(|| format!("training into {}", out.display()))?;
+            let group = lib::distributed::Group::join(args.distributed)
+                .context("joining the data-parallel group")?;
+            let r = lib::train::train_in_group(
+                &model, &out, &cfg, resume, args.force, args.quiet, &group,
+            )
+            .with_context(|| match group.is_distributed() {
+                true => format!("rank {}: training into {}", group.rank(), out.display()),
+                false => format!("training into {}", out.display()),
+            })?;
             println!(
                 "trained {} steps in {:.1}s ({:.2} img/s, {:.1}% waiting for data){}",
                 r.steps,
@@ -816,6 +856,26 @@ fn run(cli: Cli) -> Result<()> {
                 let out = lib::bench::bench_package(&pkg, &opts)
                     .with_context(|| format!("benchmarking {}", pkg.display()))?;
                 print!("{}", out.report);
+        Command::Launch {
+            ranks,
+            hosts,
+            backend,
+            quiet,
+            command,
+        } => {
+            let opts = lib::launch::LaunchOptions {
+                ranks,
+                hosts,
+                backend,
+                args: command,
+                program: std::env::current_exe().context("finding this program")?,
+                quiet,
+            };
+            if let Err(e) = lib::launch::launch(&opts) {
+                eprintln!("error: {e}");
+                std::process::exit(e.exit_code());
+            }
+        }
                 println!("{}", out.chart);
                 println!("report: {}", out.json.display());
             }

@@ -54,6 +54,12 @@ pub struct LoaderOptions {
     /// to the one each worker is building).
     pub prefetch: usize,
     pub bad_images: BadImages,
+    /// `(rank, ranks)`: this process builds only its share of each batch, the `rank`-th
+    /// of `ranks` consecutive slices (data-parallel training: the batch is the global
+    /// one). Consecutive rather than strided: a rank's share is then exactly a part the
+    /// single process would compute on one of its lanes, so the sums agree to the bit
+    /// where the parts line up. `(0, 1)`: whole batches.
+    pub shard: (usize, usize),
 }
 
 impl Default for LoaderOptions {
@@ -72,6 +78,7 @@ impl Default for LoaderOptions {
             workers: 2,
             prefetch: 4,
             bad_images: BadImages::Fail,
+            shard: (0, 1),
         }
     }
 }
@@ -126,6 +133,12 @@ impl LoaderOptions {
         }
         if self.mean.iter().any(|m| !m.is_finite()) {
             return bad(format!("mean {:?} must be finite", self.mean));
+        }
+        if self.shard.1 == 0 || self.shard.0 >= self.shard.1 {
+            return bad(format!(
+                "shard {:?} is not (rank, ranks) with rank < ranks",
+                self.shard
+            ));
         }
         if num_samples == 0 {
             return bad("the dataset has no samples".into());
@@ -336,7 +349,10 @@ impl EpochJob {
     fn build(&self, b: usize) -> Option<BatchResult> {
         let bs = self.opts.batch_size;
         let size = self.opts.image_size;
-        let positions = &self.order[b * bs..((b + 1) * bs).min(self.order.len())];
+        let whole = &self.order[b * bs..((b + 1) * bs).min(self.order.len())];
+        let (rank, ranks) = self.opts.shard;
+        let share = |r: usize| r * whole.len() / ranks;
+        let positions = &whole[share(rank)..share(rank + 1)];
         let mut batch = Batch {
             index: b,
             pixels: Vec::with_capacity(positions.len() * 3 * size * size),

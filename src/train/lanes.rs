@@ -180,6 +180,16 @@ fn openblas() -> Option<(SetThreads, GetThreads)> {
     }
 }
 
+/// Sets BLAS's thread count for the process (where it is OpenBLAS): data-parallel ranks
+/// sharing a host each take their share of its cores.
+pub fn set_blas_threads(n: usize) {
+    if let Some((set, _)) = openblas() {
+        let n = std::ffi::c_int::try_from(n.max(1)).unwrap_or(1);
+        // SAFETY: OpenBLAS call without preconditions.
+        unsafe { set(n) }
+    }
+}
+
 /// BLAS on one thread per call while lanes run (two multi-threaded BLAS calls at once
 /// fight over the same cores: 1.6x slower than one thread each); restored on drop.
 struct BlasThreads {

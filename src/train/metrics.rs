@@ -67,6 +67,27 @@ impl Evaluator {
         }
     }
 
+    /// The loss sum and the counts (top-1, top-5, images, then the confusion matrix row
+    /// by row): what ranks that each evaluated a part add up.
+    pub fn totals(&self) -> (f64, Vec<u64>) {
+        let mut counts = vec![self.top1, self.top5, self.count];
+        counts.extend(self.confusion.iter().flatten());
+        (self.loss_sum, counts)
+    }
+
+    /// Replaces the totals by `loss_sum` and `counts` laid out as [`Evaluator::totals`].
+    pub fn set_totals(&mut self, loss_sum: f64, counts: &[u64]) {
+        let k = self.classes;
+        if counts.len() != 3 + k * k {
+            return;
+        }
+        self.loss_sum = loss_sum;
+        (self.top1, self.top5, self.count) = (counts[0], counts[1], counts[2]);
+        for (row, chunk) in self.confusion.iter_mut().zip(counts[3..].chunks_exact(k)) {
+            row.copy_from_slice(chunk);
+        }
+    }
+
     pub fn finish(self) -> EvalMetrics {
         let n = self.count.max(1) as f64;
         let per_class = self

@@ -5,6 +5,7 @@
 //! `adapters/` (LoRA) or `model/` (full), `metrics.jsonl`, `curves.png` and `summary.*`.
 
 pub mod adapters;
+pub mod allreduce;
 pub mod curves;
 pub mod lanes;
 pub mod lora;
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::BadImages;
 pub use lora::LoraConfig;
 pub use optim::Schedule;
-pub use trainer::{set_trainable, train, TrainReport};
+pub use trainer::{set_trainable, train, train_in_group, AllreduceStats, TrainReport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

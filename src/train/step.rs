@@ -8,9 +8,11 @@ use std::rc::Rc;
 use mlx_rs::module::{FlattenedModuleParam, ModuleParameters};
 use mlx_rs::{array, error::Exception, Array};
 
+use super::allreduce::{self, Reduction};
 use super::lanes::Lanes;
 use super::loss::cross_entropy;
 use super::optim::{self, AdamW};
+use crate::distributed::Group;
 use crate::model::Vit;
 
 /// The training objective: mean cross-entropy of the model's logits.
@@ -27,6 +29,8 @@ pub struct StepOutput {
     pub grad_norm: f32,
     /// New values of the trainable parameters, evaluated; not yet in the model.
     pub updated: BTreeMap<String, Array>,
+    /// The gradient exchange between ranks, when there are several.
+    pub allreduce: Option<Reduction>,
 }
 
 pub fn trainable(vit: &Vit) -> BTreeMap<String, Array> {
@@ -37,12 +41,8 @@ pub fn trainable(vit: &Vit) -> BTreeMap<String, Array> {
         .collect()
 }
 
-/// Computes one step over `micro` batches (averaged as if `accum` were there). The
-/// caller checks the loss and norm before applying the update with [`apply`].
-///
-/// With parallel [`Lanes`] each micro-batch is cut into parts of a few images that run
-/// on the lanes at once; the result is the same mean over the batch (parts are weighted
-/// by their size). Each part gets its own LoRA dropout masks.
+/// Computes one step over `micro` batches (averaged as if `accum` were there) in this
+/// process alone: [`compute_in_group`] without a group.
 #[allow(clippy::too_many_arguments)]
 pub fn compute<F>(
     vit: &mut Vit,
@@ -53,6 +53,45 @@ pub fn compute<F>(
     clip_norm: f32,
     lr: f32,
     lanes: &Lanes,
+) -> Result<StepOutput, Exception>
+where
+    F: FnMut(&mut Vit, (Array, Array)) -> Result<(Array, FlattenedModuleParam), Exception>,
+{
+    let single = Group::single();
+    compute_in_group(
+        vit,
+        value_and_grad,
+        opt,
+        micro,
+        accum,
+        clip_norm,
+        lr,
+        lanes,
+        &single,
+    )
+}
+
+/// Computes one step over `micro` batches (averaged as if `accum` were there). The
+/// caller checks the loss and norm before applying the update with [`apply`].
+///
+/// With parallel [`Lanes`] each micro-batch is cut into parts of a few images that run
+/// on the lanes at once; the result is the same mean over the batch (parts are weighted
+/// by their size). Each part gets its own LoRA dropout masks.
+///
+/// In a `group` of several ranks, `micro` is this rank's share of each global batch:
+/// the rank's gradient and loss sums are summed over the ranks before the norm, so the
+/// clipping and the update every rank makes are those of the global batch.
+#[allow(clippy::too_many_arguments)]
+pub fn compute_in_group<F>(
+    vit: &mut Vit,
+    value_and_grad: &mut F,
+    opt: &mut AdamW,
+    micro: Vec<(Array, Array)>,
+    accum: usize,
+    clip_norm: f32,
+    lr: f32,
+    lanes: &Lanes,
+    group: &Group,
 ) -> Result<StepOutput, Exception>
 where
     F: FnMut(&mut Vit, (Array, Array)) -> Result<(Array, FlattenedModuleParam), Exception>,
@@ -138,8 +177,21 @@ where
         }
     }
     vit.set_dropout_seed(base_seed);
-    let loss_sum = loss_sum.ok_or_else(|| Exception::custom("a step needs at least one batch"))?;
-    let share = array!(if equal { common } else { 1.0 });
+    let mut loss_sum =
+        loss_sum.ok_or_else(|| Exception::custom("a step needs at least one batch"))?;
+    let mut share = if equal { common } else { 1.0 };
+    let mut reduction = None;
+    if group.is_distributed() {
+        // The sums must be this rank's own before they travel; ranks whose parts differ
+        // in size (skipped images) then still add comparable means.
+        if lanes.is_parallel() {
+            lanes.eval(std::mem::take(&mut lane_work))?;
+        }
+        let r = allreduce::sum_over_ranks(group, &mut grads, &mut loss_sum, share)?;
+        reduction = Some(r);
+        share = 1.0 / group.size() as f32;
+    }
+    let share = array!(share);
     let loss = loss_sum.multiply(&share)?;
     let order = backward_order(grads.keys());
     let norm = optim::global_norm(order.iter().map(|k| &grads[k.as_str()]))?.multiply(&share)?;
@@ -149,7 +201,7 @@ where
         share
     };
     let updated = opt.update_scaled(&trainable(vit), &grads, lr, &scale)?;
-    if lanes.is_parallel() {
+    if lanes.is_parallel() && reduction.is_none() {
         lanes.eval(lane_work)?;
     }
     // One evaluation per step: loss, norm, new parameters and optimizer state (after the
@@ -162,6 +214,7 @@ where
         loss: loss.item_exact::<f32>(),
         grad_norm: norm.item_exact::<f32>(),
         updated,
+        allreduce: reduction,
     })
 }
 

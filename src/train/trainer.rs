@@ -6,6 +6,7 @@
 mod epoch;
 mod evaluate;
 mod finish;
+mod ranks;
 mod saves;
 mod setup;
 
@@ -24,6 +25,7 @@ use super::step;
 use super::{BestMetric, Mode, TrainConfig, TrainError};
 use crate::config::ModelConfig;
 use crate::data::Loader;
+use crate::distributed::Group;
 use crate::model::Vit;
 
 /// What the trainer keeps of the base checkpoint after building the model.
@@ -64,8 +66,23 @@ pub struct TrainReport {
     /// Where MLX computed: `cpu`, or `gpu` with the GPU's name.
     pub device: String,
     pub precision: super::Precision,
-    /// Parts of each batch computed at once (CPU cores used; 1 on a GPU).
+    /// Parts of each batch computed at once (CPU cores used; 1 on a GPU), per rank.
     pub lanes: usize,
+    /// Data-parallel processes the run trained on (1: this one alone).
+    pub ranks: usize,
+    /// The gradient exchange between ranks per step (means over this session's steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allreduce: Option<AllreduceStats>,
+}
+
+/// What summing the gradients over the ranks cost per step.
+#[derive(Debug, Clone, Serialize)]
+pub struct AllreduceStats {
+    pub backend: String,
+    pub bytes_per_step: usize,
+    pub buckets_per_step: usize,
+    pub mean_ms: f64,
+    pub median_ms: f64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -193,6 +210,8 @@ struct Plan {
     steps: Steps,
     trainable_parameters: usize,
     total_parameters: usize,
+    /// This process writes the run's files (rank 0, or the only process).
+    writes: bool,
 }
 
 /// What training changes and the resumable checkpoint keeps.
@@ -211,10 +230,15 @@ struct Loaders {
 struct Metrics {
     path: PathBuf,
     history: Vec<serde_json::Value>,
+    /// Only rank 0 writes; the other ranks keep the same history in memory.
+    write: bool,
 }
 
 impl Metrics {
     fn rewrite(&self) -> Result<(), TrainError> {
+        if !self.write {
+            return Ok(());
+        }
         let text: String = self.history.iter().map(|v| format!("{v}\n")).collect();
         crate::fsutil::write_file_atomically(&self.path, text.as_bytes()).map_err(io(&self.path))
     }
@@ -234,6 +258,7 @@ struct Ctx<'a> {
     loaders: &'a Loaders,
     log: &'a Logger,
     lanes: &'a Lanes,
+    group: &'a Group,
 }
 
 /// Running totals of this session's steps, for the report.
@@ -246,6 +271,10 @@ struct Tally {
     wait_seconds: f64,
     /// The step of the last resumable checkpoint.
     last_saved_step: usize,
+    /// Milliseconds of each step's gradient exchange, and its size.
+    allreduce_ms: Vec<f64>,
+    allreduce_bytes: usize,
+    allreduce_buckets: usize,
 }
 
 impl Tally {
@@ -258,6 +287,9 @@ impl Tally {
             train_seconds: 0.0,
             wait_seconds: 0.0,
             last_saved_step: step,
+            allreduce_ms: Vec::new(),
+            allreduce_bytes: 0,
+            allreduce_buckets: 0,
         }
     }
 }
@@ -273,25 +305,44 @@ pub fn train(
     force: bool,
     quiet: bool,
 ) -> Result<TrainReport, TrainError> {
+    train_in_group(base, run, cfg, resume, force, quiet, &Group::single())
+}
+
+/// [`train`] as one rank of a data-parallel `group`: `cfg.batch_size` is the global
+/// batch, of which this rank computes every `size`-th image; gradients, losses and
+/// evaluations are summed over the ranks, so every rank makes the same updates. Only
+/// rank 0 writes into `run` (which the other ranks must see for `resume`).
+pub fn train_in_group(
+    base: &Path,
+    run: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+    group: &Group,
+) -> Result<TrainReport, TrainError> {
     let started = Instant::now();
-    let (base, cfg) = setup::settings(base, run, cfg, resume, force)?;
+    let (base, cfg) = setup::settings(base, run, cfg, resume, force, group)?;
     validate(&cfg)?;
+    ranks::validate(&cfg, group)?;
     let Setup {
         plan,
         mut state,
         loaders,
         mut metrics,
-    } = setup::set_up(base, cfg, run, resume, force)?;
-    let log = Logger::new(quiet, plan.steps.total as u64);
-    setup::announce(&log, &plan, &loaders);
+    } = setup::set_up(base, cfg, run, resume, force, group)?;
+    ranks::check_same_start(group, &plan, &state)?;
+    let log = Logger::new(quiet || group.rank() > 0, plan.steps.total as u64);
+    setup::announce(&log, &plan, &loaders, group);
 
     let mut value_and_grad = mlx_rs::nn::value_and_grad(step::loss);
-    let lanes = Lanes::for_default_device(plan.cfg.cpu_threads);
+    let lanes = ranks::lanes(&plan.cfg, group);
     let ctx = Ctx {
         plan: &plan,
         loaders: &loaders,
         log: &log,
         lanes: &lanes,
+        group,
     };
     let mut tally = Tally::starting_at(state.counters.step);
     while state.counters.step < plan.steps.total {
@@ -309,5 +360,5 @@ pub fn train(
     log.finish();
     state.vit.set_dropout_seed(None);
 
-    finish::finish(&plan, &state, &metrics, tally, lanes.count(), started)
+    finish::finish(&ctx, &state, &metrics, tally, started)
 }

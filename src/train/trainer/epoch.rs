@@ -6,7 +6,7 @@ use std::time::Instant;
 use mlx_rs::module::FlattenedModuleParam;
 use mlx_rs::{error::Exception, Array};
 
-use super::{evaluate, saves, Ctx, Metrics, State, Tally};
+use super::{evaluate, ranks, saves, Ctx, Metrics, State, Tally};
 use crate::data::EpochIter;
 use crate::model::Vit;
 use crate::train::state::Counters;
@@ -82,9 +82,8 @@ where
     let t0 = Instant::now();
     let wait_before = ctx.loaders.train.stats().wait_seconds;
     let step = st.counters.step;
-    st.vit.set_dropout_seed(Some(
-        cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64),
-    ));
+    st.vit
+        .set_dropout_seed(Some(ranks::dropout_seed(cfg.seed, step, ctx.group.rank())));
     let (micro, step_images) = next_micro_batches(cur, cfg.grad_accum, &mut st.counters)?;
     if micro.is_empty() {
         return Ok(false);
@@ -96,7 +95,7 @@ where
         ctx.plan.steps.total,
         step,
     );
-    let out = step::compute(
+    let out = step::compute_in_group(
         &mut st.vit,
         value_and_grad,
         &mut st.opt,
@@ -105,6 +104,7 @@ where
         cfg.clip_norm,
         lr,
         ctx.lanes,
+        ctx.group,
     )?;
     let (loss_v, norm_v, updated) = (out.loss, out.grad_norm, out.updated);
     check_finite(ctx, step, tally.last_saved_step, loss_v, norm_v)?;
@@ -116,11 +116,20 @@ where
     tally.wait_seconds += ctx.loaders.train.stats().wait_seconds - wait_before;
     tally.images += step_images;
     tally.last_loss = Some(f64::from(loss_v));
-    let ips = step_images as f64 / dt.max(1e-9);
-    metrics.history.push(serde_json::json!({
+    // Images of the global batch: every rank computed its share at the same time.
+    let ips = (step_images * ctx.group.size()) as f64 / dt.max(1e-9);
+    let mut record = serde_json::json!({
         "step": st.counters.step, "epoch": cur.epoch, "loss": loss_v, "lr": lr,
         "grad_norm": norm_v, "images_per_second": ips,
-    }));
+    });
+    if let Some(r) = out.allreduce {
+        let ms = r.time.as_secs_f64() * 1e3;
+        record["allreduce_ms"] = ms.into();
+        record["allreduce_bytes"] = r.bytes.into();
+        tally.allreduce_ms.push(ms);
+        (tally.allreduce_bytes, tally.allreduce_buckets) = (r.bytes, r.buckets);
+    }
+    metrics.history.push(record);
     ctx.log.step(
         st.counters.step,
         format!("loss {loss_v:.4} lr {lr:.2e} {ips:.1} img/s"),

@@ -4,7 +4,9 @@ use mlx_rs::{error::Exception, Array};
 
 use super::{saves, Ctx, Metrics, State, Tally};
 use crate::data::Loader;
+use crate::distributed::Group;
 use crate::model::{self, Vit};
+use crate::train::allreduce;
 use crate::train::metrics::{EvalMetrics, Evaluator};
 use crate::train::TrainError;
 
@@ -22,7 +24,7 @@ pub(super) fn evaluate_and_track(
     };
     let cfg = &ctx.plan.cfg;
     st.vit.set_dropout_seed(None);
-    let m = evaluate(&st.vit, vl)?;
+    let m = evaluate(&st.vit, vl, ctx.group)?;
     let step = st.counters.step;
     ctx.log.line(&format!(
         "step {}: val loss {:.4} top-1 {:.2}%{}",
@@ -49,7 +51,9 @@ pub(super) fn evaluate_and_track(
     Ok(())
 }
 
-fn evaluate(vit: &Vit, loader: &Loader) -> Result<EvalMetrics, TrainError> {
+/// This rank's share of every validation batch (the loader's shard), summed over the
+/// ranks: every rank ends with the metrics of the whole set.
+fn evaluate(vit: &Vit, loader: &Loader, group: &Group) -> Result<EvalMetrics, TrainError> {
     let mut ev = Evaluator::new(vit.config.num_classes);
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
@@ -64,5 +68,6 @@ fn evaluate(vit: &Vit, loader: &Loader) -> Result<EvalMetrics, TrainError> {
             .ok_or_else(|| Exception::custom("model has no head"))?;
         ev.add(&model::to_host(&logits)?, &batch.labels);
     }
+    allreduce::sum_evaluation(group, &mut ev)?;
     Ok(ev.finish())
 }

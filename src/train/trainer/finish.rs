@@ -6,31 +6,38 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::saves::save_output;
-use super::{io, Metrics, Plan, State, Tally, TrainReport};
+use super::{io, AllreduceStats, Ctx, Metrics, Plan, State, Tally, TrainReport};
 use crate::train::curves::{self, CurvesInfo};
 use crate::train::{BestMetric, Mode, TrainError};
 
 /// Writes the run's outputs and returns its report.
+/// Only the writing rank writes; every rank returns the report.
 pub(super) fn finish(
-    plan: &Plan,
+    ctx: &Ctx<'_>,
     st: &State,
     metrics: &Metrics,
     tally: Tally,
-    lanes: usize,
     started: Instant,
 ) -> Result<TrainReport, TrainError> {
+    let plan = ctx.plan;
     let (cfg, run) = (&plan.cfg, plan.run.as_path());
     let output = match cfg.mode {
         Mode::Lora => run.join("adapters"),
         Mode::Full => run.join("model"),
     };
-    save_output(&output, &st.vit, &plan.output_spec())?;
+    if plan.writes {
+        save_output(&output, &st.vit, &plan.output_spec())?;
+    }
     metrics.rewrite()?;
     let counters = &st.counters;
+    let ranks = ctx.group.size();
+    let allreduce = allreduce_stats(ctx, &tally);
     let report = TrainReport {
         device: device_in_words(),
         precision: cfg.precision,
-        lanes,
+        lanes: ctx.lanes.count(),
+        ranks,
+        allreduce,
         run: run.to_path_buf(),
         steps: counters.step,
         epochs_completed: counters.epoch,
@@ -47,7 +54,7 @@ pub(super) fn finish(
             )
         }),
         best_metric: cfg.best_metric,
-        images_per_second: tally.images as f64 / tally.train_seconds.max(1e-9),
+        images_per_second: (tally.images * ranks) as f64 / tally.train_seconds.max(1e-9),
         data_wait_fraction: tally.wait_seconds / tally.train_seconds.max(1e-9),
         skipped_images: counters.skipped_images,
         trainable_parameters: plan.trainable_parameters,
@@ -56,10 +63,29 @@ pub(super) fn finish(
         output,
         seconds: started.elapsed().as_secs_f64(),
     };
+    if !plan.writes {
+        return Ok(report);
+    }
     // A missing picture is not worth failing a finished run over: the summary says so.
     let pictures = curves::write(run, &curves_info(plan, &report), &metrics.history).is_ok();
     write_summary(run, &report, pictures)?;
     Ok(report)
+}
+
+/// The mean and median gradient exchange of this session's steps.
+fn allreduce_stats(ctx: &Ctx<'_>, tally: &Tally) -> Option<AllreduceStats> {
+    if tally.allreduce_ms.is_empty() {
+        return None;
+    }
+    let mut ms = tally.allreduce_ms.clone();
+    ms.sort_by(f64::total_cmp);
+    Some(AllreduceStats {
+        backend: ctx.group.backend().name().into(),
+        bytes_per_step: tally.allreduce_bytes,
+        buckets_per_step: tally.allreduce_buckets,
+        mean_ms: ms.iter().sum::<f64>() / ms.len() as f64,
+        median_ms: ms[ms.len() / 2],
+    })
 }
 
 /// MLX's default device in words, for the summary.
@@ -163,6 +189,19 @@ fn write_summary(run: &Path, r: &TrainReport, pictures: bool) -> Result<(), Trai
     let _ = writeln!(md, "| device | {} |", r.device);
     let _ = writeln!(md, "| precision | {:?} |", r.precision);
     let _ = writeln!(md, "| lanes (batch parts computed at once) | {} |", r.lanes);
+    if r.ranks > 1 {
+        let _ = writeln!(md, "| data-parallel ranks | {} |", r.ranks);
+    }
+    if let Some(a) = &r.allreduce {
+        let _ = writeln!(
+            md,
+            "| gradient all_sum per step ({}) | {:.1} MB in {} buckets, {:.1} ms median |",
+            a.backend,
+            a.bytes_per_step as f64 / 1e6,
+            a.buckets_per_step,
+            a.median_ms
+        );
+    }
     let _ = writeln!(md, "| throughput | {:.2} images/s |", r.images_per_second);
     let _ = writeln!(
         md,

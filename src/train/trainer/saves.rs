@@ -29,7 +29,9 @@ pub(super) fn keep_best(
     if counters.best.is_none_or(|(b, _)| score > b) {
         counters.best = Some((score, counters.step));
         counters.evals_since_best = 0;
-        save_output(&plan.run.join("best"), vit, &plan.output_spec())?;
+        if plan.writes {
+            save_output(&plan.run.join("best"), vit, &plan.output_spec())?;
+        }
     } else {
         counters.evals_since_best += 1;
     }
@@ -52,6 +54,10 @@ pub(super) fn checkpoint_if_due(
         || step == plan.steps.total
     {
         metrics.rewrite()?;
+        if !plan.writes {
+            tally.last_saved_step = step;
+            return Ok(());
+        }
         state::save(
             &plan.checkpoint_dir,
             &trainable(&st.vit),

@@ -15,6 +15,7 @@ use super::{
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::data::{self, Augment, DataSource, Dataset, Loader, LoaderOptions};
+use crate::distributed::Group;
 use crate::model::{self, Vit};
 use crate::rng::Rng;
 use crate::train::optim::AdamW;
@@ -30,6 +31,7 @@ pub(super) fn settings(
     cfg: &TrainConfig,
     resume: bool,
     force: bool,
+    group: &Group,
 ) -> Result<(PathBuf, TrainConfig), TrainError> {
     let run_file = run.join(RUN_FILE);
     if resume {
@@ -38,7 +40,8 @@ pub(super) fn settings(
             .map_err(|e| TrainError::Settings(format!("{}: {e}", run_file.display())))?;
         Ok((rf.base, rf.config))
     } else {
-        if run_file.exists() && !force {
+        // Rank 0 decides: the others may already see the run.json it has just written.
+        if run_file.exists() && !force && group.rank() == 0 {
             return Err(TrainError::RunExists(run.to_path_buf()));
         }
         Ok((base.to_path_buf(), cfg.clone()))
@@ -52,6 +55,7 @@ pub(super) fn set_up(
     run: &Path,
     resume: bool,
     force: bool,
+    group: &Group,
 ) -> Result<Setup, TrainError> {
     let Inputs {
         mut vit,
@@ -75,13 +79,17 @@ pub(super) fn set_up(
             config: cfg.clone(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
         };
-        start_fresh(run, force, &rf)?;
+        if group.rank() == 0 {
+            start_fresh(run, force, &rf)?;
+        }
         Counters::default()
     };
 
-    let loaders = make_loaders(&vit.config, &cfg, train_set, val_set)?;
+    let shard = (group.rank(), group.size());
+    let loaders = make_loaders(&vit.config, &cfg, train_set, val_set, shard)?;
     let steps = plan_steps(&loaders.train, &cfg)?;
-    let metrics = load_metrics(run.join("metrics.jsonl"), counters.step);
+    let mut metrics = load_metrics(run.join("metrics.jsonl"), counters.step);
+    metrics.write = group.rank() == 0;
     metrics.rewrite()?;
 
     let total_parameters = vit.config.num_parameters();
@@ -99,6 +107,7 @@ pub(super) fn set_up(
         steps,
         trainable_parameters,
         total_parameters,
+        writes: group.rank() == 0,
     };
     let state = State { vit, opt, counters };
     Ok(Setup {
@@ -110,9 +119,19 @@ pub(super) fn set_up(
 }
 
 /// The line a run starts with.
-pub(super) fn announce(log: &Logger, plan: &Plan, loaders: &Loaders) {
+pub(super) fn announce(log: &Logger, plan: &Plan, loaders: &Loaders, group: &Group) {
+    let ranks = if group.is_distributed() {
+        format!(
+            ", {} ranks ({}) of {} images each per batch",
+            group.size(),
+            group.backend().name(),
+            plan.cfg.batch_size / group.size()
+        )
+    } else {
+        String::new()
+    };
     log.line(&format!(
-        "training {} ({:?}): {} trainable of {:.2}M parameters, {} images in {} classes, {} steps",
+        "training {} ({:?}): {} trainable of {:.2}M parameters, {} images in {} classes, {} steps{ranks}",
         plan.base.display(),
         plan.cfg.mode,
         plan.trainable_parameters,
@@ -255,8 +274,10 @@ fn make_loaders(
     cfg: &TrainConfig,
     train_set: Dataset,
     val_set: Option<Dataset>,
+    shard: (usize, usize),
 ) -> Result<Loaders, TrainError> {
     let mut lopts = LoaderOptions::train(mc, cfg.batch_size, cfg.seed);
+    lopts.shard = shard;
     lopts.workers = cfg.workers.max(1);
     lopts.bad_images = cfg.bad_images.into();
     if !cfg.augment {
@@ -271,6 +292,7 @@ fn make_loaders(
             let mut o = LoaderOptions::eval(mc, cfg.batch_size);
             o.workers = lopts.workers;
             o.bad_images = lopts.bad_images;
+            o.shard = shard;
             Some(Loader::new(Arc::new(v), o)?)
         }
         None => None,
@@ -316,5 +338,9 @@ fn load_metrics(path: PathBuf, up_to_step: usize) -> Metrics {
                 .is_some_and(|s| (s as usize) <= up_to_step)
         })
         .collect();
-    Metrics { path, history }
+    Metrics {
+        path,
+        history,
+        write: true,
+    }
 }
