@@ -432,3 +432,53 @@ fn describe(s: &ExitStatus) -> (String, i32) {
         (None, None) => ("ended abnormally".into(), 1),
     }
 }
+
+/// Trains `cfg` on `cfg.ranks` ranks on this host: what `pipeline run` does with
+/// `[train] ranks = N`. The settings travel as a JSON file in `run`; with `resume`, the
+/// ranks continue the run from its checkpoint.
+#[cfg(feature = "mlx")]
+pub fn train_on_ranks(
+    base: &Path,
+    run: &Path,
+    cfg: &crate::train::TrainConfig,
+    resume: bool,
+    quiet: bool,
+) -> Result<(), LaunchError> {
+    let program = std::env::current_exe().map_err(|source| LaunchError::Io {
+        path: PathBuf::from("pipeline"),
+        source,
+    })?;
+    let text = |p: &Path| p.display().to_string();
+    let mut args: Vec<String> = vec!["train".into()];
+    if resume {
+        args.extend(["--resume".into(), text(run)]);
+    } else {
+        std::fs::create_dir_all(run).map_err(|source| LaunchError::Io {
+            path: run.to_path_buf(),
+            source,
+        })?;
+        let settings = run.join(SETTINGS_FILE);
+        let json = serde_json::to_string_pretty(cfg).expect("json");
+        std::fs::write(&settings, json).map_err(|source| LaunchError::Io {
+            path: settings.clone(),
+            source,
+        })?;
+        args.extend(["--model".into(), text(base), "--out".into(), text(run)]);
+        args.extend(["--data".into(), text(&cfg.data), "--settings".into()]);
+        args.push(text(&settings));
+    }
+    if quiet {
+        args.push("--quiet".into());
+    }
+    launch(&LaunchOptions {
+        ranks: cfg.ranks,
+        hosts: None,
+        backend: LaunchBackend::Ring,
+        args,
+        program,
+        quiet,
+    })
+}
+
+/// The settings file [`train_on_ranks`] hands its ranks.
+pub const SETTINGS_FILE: &str = "launch-settings.json";

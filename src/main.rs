@@ -578,6 +578,15 @@ struct TrainArgs {
     /// fail (default) or skip unreadable images.
     #[arg(long, default_value = "fail", value_parser = ["fail", "skip"])]
     bad_images: String,
+    /// Data-parallel training: auto (join the group MLX's launch variables describe:
+    /// MLX_RANK + MLX_HOSTFILE for ring, MLX_RANK + MLX_WORLD_SIZE + NCCL_HOST_IP +
+    /// NCCL_PORT for NCCL), off (ignore them), or any/ring/mpi/nccl.
+    #[arg(long, default_value = "auto")]
+    distributed: lib::distributed::Choice,
+    /// Every training setting as JSON (how `pipeline run` hands its settings to the ranks
+    /// it launches); the setting flags are then ignored.
+    #[arg(long, hide = true)]
+    settings: Option<PathBuf>,
     /// No progress output.
     #[arg(long)]
     quiet: bool,
@@ -601,11 +610,6 @@ impl TrainArgs {
                 dropout: self.lora_dropout,
                 targets: self.targets.clone(),
             },
-    /// Data-parallel training: auto (join the group MLX's launch variables describe:
-    /// MLX_RANK + MLX_HOSTFILE for ring, MLX_RANK + MLX_WORLD_SIZE + NCCL_HOST_IP +
-    /// NCCL_PORT for NCCL), off (ignore them), or any/ring/mpi/nccl.
-    #[arg(long, default_value = "auto")]
-    distributed: lib::distributed::Choice,
             train_norms: self.train_norms,
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -635,6 +639,8 @@ impl TrainArgs {
             } else {
                 BadImagePolicy::Fail
             },
+            // `pipeline launch` starts ranks; a `train` process is one of them.
+            ranks: 1,
         }
     }
 }
@@ -764,7 +770,10 @@ fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "mlx")]
         Command::Train(args) => {
             use_device(args.device, args.quiet)?;
-            let cfg = args.config();
+            let cfg = match &args.settings {
+                Some(p) => lib::train::TrainConfig::from_json_file(p)?,
+                None => args.config(),
+            };
             let (model, out, resume) = match &args.resume {
                 Some(run) => (PathBuf::new(), run.clone(), true),
                 None => (
@@ -833,6 +842,26 @@ fn run(cli: Cli) -> Result<()> {
             println!("package: {}", r.package.display());
             println!("summary: {}", r.run.join("summary.md").display());
         }
+        Command::Launch {
+            ranks,
+            hosts,
+            backend,
+            quiet,
+            command,
+        } => {
+            let opts = lib::launch::LaunchOptions {
+                ranks,
+                hosts,
+                backend,
+                args: command,
+                program: std::env::current_exe().context("finding this program")?,
+                quiet,
+            };
+            if let Err(e) = lib::launch::launch(&opts) {
+                eprintln!("error: {e}");
+                std::process::exit(e.exit_code());
+            }
+        }
         #[cfg(feature = "mlx")]
         Command::Doctor => {
             lib::backend::prepare(lib::backend::DeviceChoice::Auto)?;
@@ -856,26 +885,6 @@ fn run(cli: Cli) -> Result<()> {
                 let out = lib::bench::bench_package(&pkg, &opts)
                     .with_context(|| format!("benchmarking {}", pkg.display()))?;
                 print!("{}", out.report);
-        Command::Launch {
-            ranks,
-            hosts,
-            backend,
-            quiet,
-            command,
-        } => {
-            let opts = lib::launch::LaunchOptions {
-                ranks,
-                hosts,
-                backend,
-                args: command,
-                program: std::env::current_exe().context("finding this program")?,
-                quiet,
-            };
-            if let Err(e) = lib::launch::launch(&opts) {
-                eprintln!("error: {e}");
-                std::process::exit(e.exit_code());
-            }
-        }
                 println!("{}", out.chart);
                 println!("report: {}", out.json.display());
             }

@@ -256,6 +256,18 @@ fn free_ports(n: usize) -> Vec<u16> {
     l.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 fn checkpoint_step(run: &Path) -> u64 {
     fs::read_to_string(run.join("checkpoint/state.json"))
         .ok()
@@ -326,6 +338,8 @@ fn killed_rank_stops_the_launch_and_resume_finishes_equal() {
         "the run finished before the kill"
     );
 
+    let other = tmp.path().join("killed-other-size");
+    copy_dir(&killed, &other);
     let resume = vec!["train".to_string(), "--resume".into(), s(&killed)];
     run_ok(&mut launch(2, &resume));
     let file = "adapters/adapters.safetensors";
@@ -334,6 +348,9 @@ fn killed_rank_stops_the_launch_and_resume_finishes_equal() {
         fs::read(full.join(file)).unwrap(),
         "resumed on 2 ranks must end as the uninterrupted run"
     );
+    // The same checkpoint resumed by one process (another world size) ends as close.
+    run_ok(pipeline().args(["train", "--resume", &s(&other)]));
+    assert_close(&other.join(file), &full.join(file), 1e-5, false);
     let steps: Vec<u64> = losses(&killed).iter().map(|(s, _)| *s).collect();
     assert_eq!(steps, (1..=steps.len() as u64).collect::<Vec<_>>());
 }
@@ -411,4 +428,55 @@ fn bad_starts_are_clear_errors() {
         t.elapsed()
     );
     assert!(err.contains("rank 0"), "{err}");
+}
+
+#[test]
+fn run_trains_on_ranks_and_launch_reaches_hosts_through_ssh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = fs::read_to_string(root.join("examples/quickstart.toml")).unwrap();
+    let text = text
+        .replace(
+            "out = \"../runs/quickstart\"",
+            &format!("out = {:?}", tmp.path().join("run")),
+        )
+        .replace(
+            "data = \"quickstart-data\"",
+            &format!("data = {:?}", root.join("examples/quickstart-data")),
+        );
+    let config = tmp.path().join("q.toml");
+    fs::write(&config, text).unwrap();
+    let out = run_ok(
+        pipeline()
+            .args(["run", &s(&config), "--set", "train.epochs=1"])
+            .args(["--set", "train.ranks=2"]),
+    );
+    assert!(out.contains("steps on 2 ranks"), "{out}");
+    assert_eq!(summary(&tmp.path().join("run/train"))["ranks"], 2);
+
+    // Hosts from an mlx.launch hostfile, reached through an ssh that runs the command
+    // here (the same path and folder on every host, as on real machines).
+    let (base, data) = setup(tmp.path());
+    let ssh = tmp.path().join("fake-ssh");
+    fs::write(&ssh, "#!/bin/sh\n# -tt HOST COMMAND\nexec sh -c \"$3\"\n").unwrap();
+    let mut perm = fs::metadata(&ssh).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    fs::set_permissions(&ssh, perm).unwrap();
+    let hosts = tmp.path().join("hosts.json");
+    fs::write(
+        &hosts,
+        r#"[{"ssh": "mac-1", "ips": ["127.0.0.1"]}, {"ssh": "mac-2", "ips": ["127.0.0.1"]}]"#,
+    )
+    .unwrap();
+    let run = tmp.path().join("remote");
+    let mut args = ranked(&train_args(&base, &data, &run, "lora", "1"));
+    set(&mut args, "--eval-every", "0");
+    let out = run_ok(
+        pipeline()
+            .args(["launch", "-n", "1", "--hosts", &s(&hosts), "--"])
+            .args(&args)
+            .env("PIPELINE_SSH", &ssh),
+    );
+    assert!(out.contains("[rank 1] "), "{out}");
+    assert_eq!(summary(&run)["ranks"], 2);
 }

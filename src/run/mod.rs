@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 mod baseline;
 mod cache;
 mod config;
+mod ranks;
 mod stages;
 mod summary;
 

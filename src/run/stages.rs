@@ -128,6 +128,15 @@ pub(super) fn train(
     let quiet = cache.quiet;
     cache.stage("train", &trained.hash, trained.output().exists(), || {
         let resumable = prepare_train_dir(&trained.dir, &trained.hash)?;
+        if cfg.train.ranks > 1 {
+            return super::ranks::train(
+                &converted.model_dir,
+                &trained.dir,
+                &cfg.train,
+                resumable,
+                quiet,
+            );
+        }
         let r = crate::train::train(
             &converted.model_dir,
             &trained.dir,

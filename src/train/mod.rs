@@ -132,6 +132,28 @@ pub struct TrainConfig {
     /// Random resized crop + horizontal flip on training images.
     pub augment: bool,
     pub bad_images: BadImagePolicy,
+    /// Data-parallel ranks `pipeline run` trains on, on this host (`pipeline launch`);
+    /// 1 = this process. Left out of the saved settings when 1, so that run hashes stay
+    /// those of before the setting existed.
+    #[serde(skip_serializing_if = "is_one")]
+    pub ranks: usize,
+}
+
+impl TrainConfig {
+    /// Settings saved as JSON (unknown keys are errors).
+    pub fn from_json_file(path: &std::path::Path) -> Result<TrainConfig, TrainError> {
+        let io = |source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        serde_json::from_str(&text)
+            .map_err(|e| TrainError::Settings(format!("{}: {e}", path.display())))
+    }
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl Default for TrainConfig {
@@ -162,6 +184,7 @@ impl Default for TrainConfig {
             cpu_threads: 0,
             augment: true,
             bad_images: BadImagePolicy::Fail,
+            ranks: 1,
         }
     }
 }
