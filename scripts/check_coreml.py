@@ -37,6 +37,22 @@ def check(path):
         raise ValueError(f"description inputs {desc_in} != program inputs {prog_in}")
     if desc_out != prog_out:
         raise ValueError(f"description outputs {desc_out} != program outputs {prog_out}")
+    # Flexible inputs: every enumerated shape fits the program's input type.
+    from coremltools.converters.mil.mil.types.symbolic import is_symbolic
+
+    for f in spec.description.input:
+        if f.type.WhichOneof("Type") != "multiArrayType":
+            continue
+        a = f.type.multiArrayType
+        prog_shape = main.inputs[f.name].shape
+        if a.WhichOneof("ShapeFlexibility") == "enumeratedShapes":
+            for es in a.enumeratedShapes.shapes:
+                if len(es.shape) != len(prog_shape) or any(
+                    not is_symbolic(p) and int(p) != int(e) for p, e in zip(prog_shape, es.shape)
+                ):
+                    raise ValueError(f"input {f.name}: enumerated shape {tuple(es.shape)} does not fit {prog_shape}")
+        elif any(is_symbolic(p) for p in prog_shape):
+            raise ValueError(f"input {f.name}: program shape {prog_shape} is flexible, the description lists no shapes")
     # multiArray outputs: declared shape and dtype must be what type inference found.
     arr = {
         "FLOAT32": "fp32",
@@ -51,7 +67,13 @@ def check(path):
             got_dt = types.builtin_to_string(var.dtype)
             if want_dt != got_dt:
                 raise ValueError(f"output {f.name}: declared {want_dt}, program gives {got_dt}")
-            if tuple(f.type.multiArrayType.shape) != tuple(var.shape):
+            from coremltools.converters.mil.mil.types.symbolic import any_symbolic
+
+            if any_symbolic(var.shape):
+                # A flexible batch: coremltools itself leaves such shapes out.
+                if len(f.type.multiArrayType.shape) != 0:
+                    raise ValueError(f"output {f.name}: flexible {var.shape} but declared {tuple(f.type.multiArrayType.shape)}")
+            elif tuple(f.type.multiArrayType.shape) != tuple(var.shape):
                 raise ValueError(f"output {f.name}: declared shape {tuple(f.type.multiArrayType.shape)}, program gives {var.shape}")
     if spec.description.predictedFeatureName and counts.get("classify", 0) != 1:
         raise ValueError("classifier description without a classify op")

@@ -433,6 +433,18 @@ struct ExportArgs {
     /// Compress only weights with more than N elements.
     #[arg(long, value_name = "N", default_value_t = lib::coreml::compress::DEFAULT_MIN_ELEMENTS)]
     compress_min_elements: usize,
+    /// Activation layout inside the program: `standard` ([1, T, D] tokens, linear
+    /// layers, as a PyTorch trace gives) or `ane` (Apple's Neural Engine recipe:
+    /// [1, C, 1, T] activations, 1x1 convolutions, attention split per head, LayerNorm
+    /// over channels, nothing above rank 4). Inputs and outputs are the same either way.
+    /// Export prints a static reading of what the package asks of the Neural Engine;
+    /// where ops really run is measured on a Mac (MLComputePlan, `pipeline bench`).
+    #[arg(long, default_value = "standard", value_parser = ["standard", "ane"])]
+    layout: String,
+    /// Batch sizes a multiArray input accepts, e.g. `1,8,16` (Core ML's enumerated
+    /// shapes; needs `--input array` and logits or features output).
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
 }
 
 impl ExportArgs {
@@ -478,6 +490,12 @@ impl ExportArgs {
                     threads: 0,
                 }),
             },
+            layout: if self.layout == "ane" {
+                lib::coreml::vit::Layout::Ane
+            } else {
+                lib::coreml::vit::Layout::Standard
+            },
+            batch_sizes: self.batch.clone(),
             ..Default::default()
         })
     }

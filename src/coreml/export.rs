@@ -18,7 +18,7 @@ use crate::coreml::compress::{self, CompressError, CompressOptions, CompressStat
 use crate::coreml::mil::{DType, ProgramBuilder};
 use crate::coreml::package::{self, ModelMetadata, PackagePaths};
 use crate::coreml::target::{Precision, Target};
-use crate::coreml::vit::{self, EmitError, InputKind, OutputKind, VitOptions};
+use crate::coreml::vit::{self, EmitError, InputKind, Layout, OutputKind, VitOptions};
 use crate::fsutil;
 
 /// Descriptive metadata stored in the model (shown by Xcode and readable with
@@ -59,6 +59,11 @@ pub struct ExportOptions {
     /// Compress the large linear and patch-embedding weights (the rest stays in
     /// `precision`). With fp32 precision the scales and palettes are fp32 too.
     pub compress: Option<CompressOptions>,
+    /// How activations are laid out inside the program (outputs are the same).
+    pub layout: Layout,
+    /// Batch sizes a multiArray input accepts (Core ML's enumerated shapes); empty or
+    /// `[1]`: one input at a time.
+    pub batch_sizes: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,38 @@ pub struct Resolved {
     pub io_fp16: bool,
     pub fused_attention: bool,
     pub compress: Option<CompressOptions>,
+    pub layout: Layout,
+    /// Sorted, without duplicates; empty for a fixed batch of 1.
+    pub batch_sizes: Vec<usize>,
+}
+
+/// The batch sizes after checks: sorted, unique, empty when only 1.
+fn resolve_batches(
+    sizes: &[usize],
+    input: InputKind,
+    output: OutputKind,
+) -> Result<Vec<usize>, ExportError> {
+    let mut v = sizes.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    if v.is_empty() || v == [1] {
+        return Ok(Vec::new());
+    }
+    let bad = |m: &str| Err(ExportError::Unsupported(m.into()));
+    if v.first() == Some(&0) {
+        return bad("batch sizes must be at least 1");
+    }
+    if input == InputKind::Image {
+        return bad(
+            "image inputs take one image per prediction; batch sizes need `--input array` (a [N, 3, H, W] multiArray)",
+        );
+    }
+    if output == OutputKind::Classifier {
+        return bad(
+            "a classifier returns one label per prediction; batch sizes need `--output logits` or `features`",
+        );
+    }
+    Ok(v)
 }
 
 /// Applies defaults and rejects combinations Core ML cannot run.
@@ -149,14 +186,27 @@ pub fn resolve(opts: &ExportOptions, cfg: &ModelConfig) -> Result<Resolved, Expo
             t
         }
     };
+    let ane = opts.layout == Layout::Ane;
+    if ane && opts.fused_attention == Some(true) {
+        return unsupported(
+            "the Neural Engine layout splits attention per head; it has no fused attention op".into(),
+        );
+    }
+    if ane && opts.compress.is_some() {
+        return unsupported(
+            "compressed weights are written for the standard layout only (the Neural Engine layout's 1x1 convolutions need 4-D compressed weights, not done yet)".into(),
+        );
+    }
     Ok(Resolved {
         target,
         precision: opts.precision,
         input: opts.input,
         output,
         io_fp16: opts.io_fp16,
-        fused_attention: opts.fused_attention.unwrap_or(target >= Target::Ios18),
+        fused_attention: !ane && opts.fused_attention.unwrap_or(target >= Target::Ios18),
         compress: opts.compress.clone(),
+        layout: opts.layout,
+        batch_sizes: resolve_batches(&opts.batch_sizes, opts.input, output)?,
     })
 }
 
@@ -191,6 +241,11 @@ pub struct ExportReport {
     pub op_counts: BTreeMap<String, usize>,
     /// What compression did (`None` without `--compress`).
     pub compression: Option<CompressStats>,
+    pub layout: Layout,
+    /// Batch sizes the multiArray input accepts (empty: 1).
+    pub batch_sizes: Vec<usize>,
+    /// A static reading of what the program asks of the Neural Engine.
+    pub neural_engine: crate::coreml::ane_report::AneReport,
     pub timings: ExportTimings,
 }
 
@@ -250,10 +305,24 @@ impl fmt::Display for ExportReport {
                 )?;
             }
         }
+        writeln!(
+            f,
+            "layout         {}{}",
+            match self.layout {
+                Layout::Standard => "standard",
+                Layout::Ane => "ane (Neural Engine: [1, C, 1, T], 1x1 conv, attention per head)",
+            },
+            if self.batch_sizes.is_empty() {
+                String::new()
+            } else {
+                format!("; batch sizes {:?}", self.batch_sizes)
+            }
+        )?;
         writeln!(f, "ops            {} in all", self.ops_total)?;
         for (k, v) in &self.op_counts {
             writeln!(f, "  {k:<30} {v:>6}")?;
         }
+        write!(f, "{}", self.neural_engine)?;
         write!(
             f,
             "time           {:.1} ms (load {:.1}, emit {:.1}, finish {:.1})",
@@ -342,6 +411,9 @@ pub fn export(
         ops_total: w.op_counts.values().sum(),
         op_counts: w.op_counts,
         compression: w.compression,
+        layout: resolved.layout,
+        batch_sizes: resolved.batch_sizes.clone(),
+        neural_engine: w.neural_engine,
         timings: ExportTimings {
             load_ms,
             emit_ms: w.emit_ms,
@@ -359,6 +431,7 @@ struct Written {
     blobs_deduplicated: usize,
     op_counts: BTreeMap<String, usize>,
     compression: Option<CompressStats>,
+    neural_engine: crate::coreml::ane_report::AneReport,
     emit_ms: f64,
 }
 
@@ -371,6 +444,12 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
 
 /// Metadata key holding the weight precision, so `verify` can pick its thresholds.
 pub const PRECISION_KEY: &str = "precision";
+
+/// Metadata key naming the Neural Engine layout (absent for the standard layout).
+pub const LAYOUT_KEY: &str = "layout";
+
+/// Metadata key listing the batch sizes a multiArray input accepts ("1,8,16").
+pub const BATCH_SIZES_KEY: &str = "batch_sizes";
 
 /// Metadata key holding the checkpoint's evaluation preprocessing as JSON (mean, std,
 /// `resize_shorter`), so an app, or `pipeline predict` on the package alone, can prepare
@@ -394,9 +473,10 @@ pub mod compression_keys {
 fn metadata(
     meta: &ExportMetadata,
     cfg: &ModelConfig,
-    precision: Precision,
+    r: &Resolved,
     compression: Option<&CompressStats>,
 ) -> ModelMetadata {
+    let precision = r.precision;
     let mut ud = BTreeMap::new();
     let base = meta
         .base_model
@@ -418,6 +498,13 @@ fn metadata(
         PREPROCESS_KEY.into(),
         serde_json::to_string(&cfg.preprocess).expect("preprocess is plain data"),
     );
+    if r.layout == Layout::Ane {
+        ud.insert(LAYOUT_KEY.into(), "ane".into());
+    }
+    if !r.batch_sizes.is_empty() {
+        let list: Vec<String> = r.batch_sizes.iter().map(|b| b.to_string()).collect();
+        ud.insert(BATCH_SIZES_KEY.into(), list.join(","));
+    }
     if let Some(c) = compression {
         use compression_keys as k;
         ud.insert(k::METHOD.into(), c.method.to_string());
@@ -469,6 +556,8 @@ fn write_package(
         input: r.input,
         output: r.output,
         fused_attention: r.fused_attention,
+        layout: r.layout,
+        flexible_batch: !r.batch_sizes.is_empty(),
     };
     let mut b = ProgramBuilder::new(r.target, &mut blobs);
     let (io, compression) = match &r.compress {
@@ -512,8 +601,15 @@ fn write_package(
             (io, Some(stats))
         }
     };
+    let mut io = io;
+    io.batch_sizes = r.batch_sizes.clone();
     let outputs: Vec<&str> = io.outputs.iter().map(|f| f.name.as_str()).collect();
-    let built = b.finish(&outputs).map_err(EmitError::from)?;
+    let mut built = b.finish(&outputs).map_err(EmitError::from)?;
+    if !r.batch_sizes.is_empty() {
+        crate::coreml::mil::batch::make_batch_flexible(&mut built.program)
+            .map_err(EmitError::from)?;
+    }
+    let neural_engine = crate::coreml::ane_report::read(&built.program);
     let (w, stats) = blobs.finish().map_err(io_at(&wpath))?;
     // Flush errors surface here; like checkpoints, packages are not fsynced.
     w.into_inner().map_err(|e| io_at(&wpath)(e.into_error()))?;
@@ -522,7 +618,7 @@ fn write_package(
     let model = package::model(
         r.target.spec_version(),
         &io,
-        &metadata(meta, &ck.config, r.precision, compression.as_ref()),
+        &metadata(meta, &ck.config, r, compression.as_ref()),
         built.program,
     );
     let bytes = model.encode_to_vec();
@@ -539,6 +635,7 @@ fn write_package(
         blobs_deduplicated: stats.deduplicated,
         op_counts: built.op_counts,
         compression,
+        neural_engine,
         emit_ms,
     })
 }

@@ -2,6 +2,7 @@
 //! the `.mlpackage` writer, the ViT emitter and an interpreter of the MIL we emit.
 //! Depends on the checkpoint and its config only, never on MLX.
 
+pub mod ane_report;
 pub mod blob;
 pub mod compress;
 pub mod export;

@@ -93,6 +93,47 @@ fn feature(f: &Feature) -> spec::FeatureDescription {
     }
 }
 
+/// A multiArray input that takes each of `batches` on axis 0 (Core ML's enumerated
+/// shapes; the declared shape stays batch 1, the default). No batches: unchanged.
+fn flexible(mut f: spec::FeatureDescription, batches: &[usize]) -> spec::FeatureDescription {
+    use spec::array_feature_type::{EnumeratedShapes, Shape, ShapeFlexibility};
+    use spec::feature_type::Type;
+    if batches.is_empty() {
+        return f;
+    }
+    if let Some(Type::MultiArrayType(a)) = f.r#type.as_mut().and_then(|t| t.r#type.as_mut()) {
+        if let Some(d) = a.shape.first_mut() {
+            *d = batches[0] as i64;
+        }
+        let shapes = batches
+            .iter()
+            .map(|&b| {
+                let mut shape = a.shape.clone();
+                if let Some(d) = shape.first_mut() {
+                    *d = b as i64;
+                }
+                Shape { shape }
+            })
+            .collect();
+        a.shape_flexibility = Some(ShapeFlexibility::EnumeratedShapes(EnumeratedShapes {
+            shapes,
+        }));
+    }
+    f
+}
+
+/// With a flexible batch an output's shape follows the input's, so it is left out of the
+/// description (as coremltools does for shapes it cannot state).
+fn batch_free(mut f: spec::FeatureDescription, flexible: bool) -> spec::FeatureDescription {
+    use spec::feature_type::Type;
+    if flexible {
+        if let Some(Type::MultiArrayType(a)) = f.r#type.as_mut().and_then(|t| t.r#type.as_mut()) {
+            a.shape.clear();
+        }
+    }
+    f
+}
+
 /// The complete `Model` message of an ML Program.
 pub fn model(
     spec_version: i32,
@@ -104,8 +145,16 @@ pub fn model(
     spec::Model {
         specification_version: spec_version,
         description: Some(spec::ModelDescription {
-            input: io.inputs.iter().map(feature).collect(),
-            output: io.outputs.iter().map(feature).collect(),
+            input: io
+                .inputs
+                .iter()
+                .map(|f| flexible(feature(f), &io.batch_sizes))
+                .collect(),
+            output: io
+                .outputs
+                .iter()
+                .map(|f| batch_free(feature(f), !io.batch_sizes.is_empty()))
+                .collect(),
             predicted_feature_name: predicted,
             predicted_probabilities_name: probs,
             metadata: Some(spec::Metadata {

@@ -312,6 +312,16 @@ pub fn run_examples(
     pkg: &Path,
     reference_inputs: &[(String, Tensor)],
 ) -> Result<ExampleOutputs, VerifyError> {
+    run_examples_batched(pkg, reference_inputs, 1)
+}
+
+/// The examples of `reference_inputs` (stacked on axis 0) in batches of `batch`, a size
+/// the package accepts; a last, smaller batch runs one example at a time.
+pub fn run_examples_batched(
+    pkg: &Path,
+    reference_inputs: &[(String, Tensor)],
+    batch: usize,
+) -> Result<ExampleOutputs, VerifyError> {
     let package = Package::open(pkg)?;
     let want = package.inputs()?;
     let mut examples = None;
@@ -320,9 +330,13 @@ pub fn run_examples(
             .iter()
             .find(|(n, _)| n == name)
             .ok_or_else(|| VerifyError::Reference(format!("the package has no input `{name}`")))?;
+        let batchable = ty.shape[0] == 1 || ty.shape[0] == crate::coreml::interp::ANY;
         let n = if t.shape == ty.shape {
             1
-        } else if t.rank() == ty.rank() && t.shape[1..] == ty.shape[1..] && ty.shape[0] == 1 {
+        } else if t.rank() == ty.rank()
+            && batchable
+            && crate::coreml::interp::shape_fits(&t.shape[1..], &ty.shape[1..])
+        {
             t.shape[0]
         } else {
             return Err(VerifyError::Reference(format!(
@@ -330,6 +344,14 @@ pub fn run_examples(
                 t.shape, ty.shape
             )));
         };
+        if batch > 1 {
+            let sizes = package.batch_sizes(name).unwrap_or_else(|| vec![1]);
+            if !sizes.contains(&batch) {
+                return Err(VerifyError::Reference(format!(
+                    "the package's input `{name}` takes batches of {sizes:?}, not {batch}"
+                )));
+            }
+        }
         if examples.is_some_and(|e| e != n) {
             return Err(VerifyError::Reference(
                 "inputs have different batch sizes".into(),
@@ -338,19 +360,22 @@ pub fn run_examples(
         examples = Some(n);
     }
     let examples = examples.ok_or_else(|| VerifyError::Reference("no inputs".into()))?;
+    let batch = batch.max(1);
 
     // Outputs of every example, concatenated per output name.
     let mut got: std::collections::BTreeMap<String, Vec<f32>> = Default::default();
-    for i in 0..examples {
+    let mut start = 0;
+    while start < examples {
+        let n = if examples - start >= batch { batch } else { 1 };
         let inputs: Vec<(&str, Tensor)> = reference_inputs
             .iter()
-            .map(|(n, t)| {
+            .map(|(name, t)| {
                 let item = if examples == 1 {
                     t.clone()
                 } else {
-                    t.batch_item(i).expect("batch checked")
+                    t.batch_range(start, start + n).expect("batch checked")
                 };
-                (n.as_str(), item)
+                (name.as_str(), item)
             })
             .collect();
         for (name, out) in package.run(&inputs)? {
@@ -361,6 +386,7 @@ pub fn run_examples(
             };
             got.entry(name).or_default().extend(vals);
         }
+        start += n;
     }
     Ok(ExampleOutputs {
         examples,

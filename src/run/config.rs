@@ -83,6 +83,10 @@ pub struct ExportSection {
     pub block_size: Option<usize>,
     /// Only weights with more elements are compressed (default 2048).
     pub compress_min_elements: Option<usize>,
+    /// standard (default) or ane (the Neural Engine layout; see `pipeline export --help`).
+    pub layout: Option<String>,
+    /// Batch sizes a multiArray input accepts, e.g. [1, 8, 16] (needs input = "array").
+    pub batch: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

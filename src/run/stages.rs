@@ -473,7 +473,14 @@ fn export_options(cfg: &RunConfig, trained: &Trained) -> Result<coreml::ExportOp
             Some(c)
         }
     };
+    let layout = match e.layout.as_deref() {
+        None | Some("standard") => coreml::vit::Layout::Standard,
+        Some("ane") => coreml::vit::Layout::Ane,
+        Some(o) => return Err(format!("export.layout: `{o}` (standard or ane)")),
+    };
     Ok(coreml::ExportOptions {
+        layout,
+        batch_sizes: e.batch.clone().unwrap_or_default(),
         precision,
         target,
         input,

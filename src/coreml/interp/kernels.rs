@@ -518,6 +518,9 @@ pub fn layer_norm(
     let r = x.rank();
     let mut ax: Vec<usize> = axes.iter().map(|&a| axis(a, r)).collect::<KResult<_>>()?;
     ax.sort_unstable();
+    if ax.len() == 1 && ax[0] != r - 1 {
+        return layer_norm_strided(x, ax[0], gamma, beta, eps);
+    }
     if ax.is_empty() || ax.iter().enumerate().any(|(i, &a)| a != r - ax.len() + i) {
         return Err(format!(
             "axes {axes:?} are not the trailing axes of rank {r}"
@@ -549,6 +552,49 @@ pub fn layer_norm(
             }
         }
     });
+    Ok(Tensor {
+        shape: x.shape.clone(),
+        data: out,
+    })
+}
+
+/// LayerNorm over one inner axis (the Neural Engine layout's channel axis of
+/// `[B, C, 1, S]`): each position of the axes after it is normalised over `C` values
+/// `inner` apart. Statistics in f64 over few channels cost nothing and match the
+/// trailing-axis kernel's f32 results to rounding.
+fn layer_norm_strided(
+    x: &Tensor,
+    a: usize,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    eps: f32,
+) -> KResult<Tensor> {
+    let c = x.shape[a];
+    let inner: usize = x.shape[a + 1..].iter().product();
+    let outer: usize = x.shape[..a].iter().product();
+    for p in [gamma, beta].into_iter().flatten() {
+        if p.numel() != c {
+            return Err(format!("gamma/beta {:?} for normalised size {c}", p.shape));
+        }
+    }
+    let mut out = vec![0f32; x.numel()];
+    for o in 0..outer {
+        let base = o * c * inner;
+        for j in 0..inner {
+            let at = |i: usize| base + i * inner + j;
+            let mean = (0..c).map(|i| f64::from(x.data[at(i)])).sum::<f64>() / c as f64;
+            let var = (0..c)
+                .map(|i| (f64::from(x.data[at(i)]) - mean).powi(2))
+                .sum::<f64>()
+                / c as f64;
+            let inv = 1.0 / (var + f64::from(eps)).sqrt();
+            for i in 0..c {
+                let g = gamma.map_or(1.0, |g| g.data[i]);
+                let b = beta.map_or(0.0, |b| b.data[i]);
+                out[at(i)] = ((f64::from(x.data[at(i)]) - mean) * inv) as f32 * g + b;
+            }
+        }
+    }
     Ok(Tensor {
         shape: x.shape.clone(),
         data: out,

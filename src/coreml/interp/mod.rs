@@ -169,6 +169,34 @@ impl Package {
             .collect()
     }
 
+    /// The batch sizes an input accepts, from the description's enumerated shapes
+    /// (`None`: only the shape the program declares).
+    pub fn batch_sizes(&self, input: &str) -> Option<Vec<usize>> {
+        use crate::coreml::proto::spec::array_feature_type::ShapeFlexibility;
+        use crate::coreml::proto::spec::feature_type::Type;
+        let d = self.model.description.as_ref()?;
+        let f = d.input.iter().find(|f| f.name == input)?;
+        let Some(Type::MultiArrayType(a)) = f.r#type.as_ref()?.r#type.as_ref() else {
+            return None;
+        };
+        match a.shape_flexibility.as_ref()? {
+            ShapeFlexibility::EnumeratedShapes(e) => Some(
+                e.shapes
+                    .iter()
+                    .filter_map(|s| s.shape.first().map(|b| *b as usize))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    fn accepts_batch(&self, input: &str, shape: &[usize]) -> bool {
+        match (self.batch_sizes(input), shape.first()) {
+            (Some(sizes), Some(b)) => sizes.contains(b),
+            _ => true,
+        }
+    }
+
     pub fn output_names(&self) -> Result<Vec<String>, InterpError> {
         Ok(self.main()?.1.outputs.clone())
     }
@@ -216,7 +244,7 @@ impl Package {
                 .iter()
                 .find(|(n, _)| *n == nv.name)
                 .ok_or_else(|| InterpError::MissingInput(nv.name.clone()))?;
-            if t.shape != ty.shape {
+            if !shape_fits(&t.shape, &ty.shape) || !self.accepts_batch(&nv.name, &t.shape) {
                 return Err(InterpError::InputShape {
                     name: nv.name.clone(),
                     got: t.shape.clone(),
@@ -278,6 +306,14 @@ pub fn run_package(
     Package::open(pkg)?.run(inputs)
 }
 
+/// A dimension of any size in a [`TensorTy`] the interpreter reads (a flexible batch).
+pub const ANY: usize = 0;
+
+/// Whether a tensor of `shape` fits the declared `want` (where [`ANY`] fits any size).
+pub fn shape_fits(shape: &[usize], want: &[usize]) -> bool {
+    shape.len() == want.len() && shape.iter().zip(want).all(|(s, w)| *w == ANY || s == w)
+}
+
 fn tensor_ty(vt: Option<&pb::ValueType>) -> Result<TensorTy, InterpError> {
     let Some(pb::ValueType {
         r#type: Some(pb::value_type::Type::TensorType(t)),
@@ -297,8 +333,10 @@ fn tensor_ty(vt: Option<&pb::ValueType>) -> Result<TensorTy, InterpError> {
         .iter()
         .map(|d| match &d.dimension {
             Some(pb::dimension::Dimension::Constant(c)) => Ok(c.size as usize),
+            // A flexible batch (see `mil::batch`): any size, written 0 here.
+            Some(pb::dimension::Dimension::Unknown(u)) if !u.variadic => Ok(ANY),
             _ => Err(InterpError::Program(
-                "only constant dimensions are supported".into(),
+                "variadic dimensions are not supported".into(),
             )),
         })
         .collect::<Result<_, _>>()?;
@@ -767,7 +805,7 @@ impl Exec<'_> {
         let mut out = Vec::with_capacity(vals.len());
         for ((dtype, mut t), nv) in vals.into_iter().zip(&self.op.outputs) {
             let ty = tensor_ty(nv.r#type.as_ref())?;
-            if ty.dtype != dtype || ty.shape != t.shape {
+            if ty.dtype != dtype || !shape_fits(&t.shape, &ty.shape) {
                 return Err(self.err(format!(
                     "output `{}` is declared {ty}, computed {dtype}{:?}",
                     nv.name, t.shape

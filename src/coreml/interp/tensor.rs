@@ -46,6 +46,21 @@ impl Tensor {
             data: self.data[i * per..(i + 1) * per].to_vec(),
         })
     }
+
+    /// Items `start..end` along axis 0.
+    pub fn batch_range(&self, start: usize, end: usize) -> Option<Tensor> {
+        let n = *self.shape.first()?;
+        if start >= end || end > n {
+            return None;
+        }
+        let per = self.numel() / n;
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        Some(Tensor {
+            shape,
+            data: self.data[start * per..end * per].to_vec(),
+        })
+    }
 }
 
 /// Row-major strides of a shape.

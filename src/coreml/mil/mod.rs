@@ -1,5 +1,6 @@
 //! A small builder for MIL programs (the body of a Core ML ML Program).
 
+pub mod batch;
 pub mod builder;
 pub mod constexpr;
 pub mod ops;

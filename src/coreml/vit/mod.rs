@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::Checkpoint;
 use crate::config::{MlpKind, ModelConfig, Pooling, QkvLayout};
 use crate::coreml::compress::{CompressError, Pipeline};
+mod ane;
+
 use crate::coreml::mil::{
     ConvPad, DType, FloatSource, GeluMode, MilError, ProgramBuilder, TensorTy, Var,
 };
@@ -59,8 +61,26 @@ pub struct VitOptions {
     pub io_dtype: DType,
     pub input: InputKind,
     pub output: OutputKind,
-    /// One `scaled_dot_product_attention` op per block instead of matmul + softmax.
+    /// One `scaled_dot_product_attention` op per block instead of matmul + softmax
+    /// (standard layout only).
     pub fused_attention: bool,
+    pub layout: Layout,
+    /// The multiArray input takes other batch sizes too (see `mil::batch`): constants
+    /// are never concatenated with batched values.
+    pub flexible_batch: bool,
+}
+
+/// How activations are laid out inside the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// `[1, T, D]` tokens, `linear` projections, heads by reshape and transpose: what a
+    /// PyTorch trace gives.
+    #[default]
+    Standard,
+    /// Apple's Neural Engine recipe: `[1, C, 1, T]` activations, every projection a 1x1
+    /// `conv`, attention split per head, LayerNorm over channels, nothing above rank 4.
+    Ane,
 }
 
 /// How a feature of the emitted program is typed in the model description.
@@ -94,6 +114,8 @@ pub struct VitIo {
     pub outputs: Vec<Feature>,
     /// Set for classifiers: (label output, probabilities output).
     pub classifier: Option<(String, String)>,
+    /// Batch sizes a multiArray input takes (empty: batch 1 only, as declared).
+    pub batch_sizes: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +181,27 @@ pub fn emit_vit_compressed(
         compress,
     };
     e.emit(opts)
+}
+
+/// The name of an output's last op: the output itself, or `NAME_internal` when a cast
+/// to the I/O type follows under the output's name.
+fn edge(name: &str, cast: bool) -> String {
+    if cast {
+        format!("{name}_internal")
+    } else {
+        name.to_string()
+    }
+}
+
+/// What a layout's body leaves for the outputs.
+struct Body {
+    /// `[1, T, D]` after the final norm (named as the `tokens` output when features are
+    /// asked for; otherwise possibly unused).
+    tokens: Var,
+    /// `[1, pooled_dim]` (named as the `embedding` output for features).
+    pooled: Var,
+    /// The Neural Engine layout's `[1, pooled_dim, 1, 1]`, which its head convolves.
+    pooled4: Option<Var>,
 }
 
 struct Emitter<'a, 'b, 's> {
@@ -263,6 +306,7 @@ impl<'s> Emitter<'_, '_, 's> {
             inputs: Vec::new(),
             outputs: Vec::new(),
             classifier: None,
+            batch_sizes: Vec::new(),
         };
 
         // Input and preprocessing.
@@ -322,42 +366,14 @@ impl<'s> Emitter<'_, '_, 's> {
             }
         };
 
-        let tokens = self.embeddings(&x)?;
-        let mut x = tokens;
-        for i in 0..cfg.num_layers {
-            x = self.block(i, &x, opts.fused_attention)?;
-        }
-
-        let d = cfg.hidden_size;
-        let t = cfg.num_tokens();
-        let cast_out = opts.io_dtype != self.dt;
-        let edge = |name: &str, cast: bool| {
-            if cast {
-                format!("{name}_internal")
-            } else {
-                name.to_string()
-            }
-        };
-
-        // The final norm is the `tokens` output when features are asked for.
         let features = opts.output == OutputKind::Features;
-        let g = self.weight("norm.weight", None)?;
-        let bt = self.weight("norm.bias", None)?;
-        let norm_name = if features {
-            edge(names::TOKENS, cast_out)
-        } else {
-            "final_norm".to_string()
+        let cast_out = opts.io_dtype != self.dt;
+        let body = match opts.layout {
+            Layout::Standard => self.standard_body(&x, opts, features, cast_out)?,
+            Layout::Ane => self.ane_body(&x, opts, features, cast_out)?,
         };
-        let normed = self
-            .b
-            .layer_norm(&norm_name, &x, &[-1], &g, &bt, cfg.norm_eps)?;
-
-        let pooled_name = if features {
-            edge(names::EMBEDDING, cast_out)
-        } else {
-            "pooled".to_string()
-        };
-        let pooled = self.pool(&pooled_name, &normed)?;
+        let (normed, pooled) = (body.tokens, body.pooled);
+        let (d, t) = (cfg.hidden_size, cfg.num_tokens());
 
         match opts.output {
             OutputKind::Features => {
@@ -393,11 +409,12 @@ impl<'s> Emitter<'_, '_, 's> {
                         "this model has no classification head (num_classes = 0): export it with `features` output".into(),
                     ));
                 }
-                let (w, b) = self.linear_params("head", nc, true)?;
                 if opts.output == OutputKind::Logits {
-                    let logits = self
-                        .b
-                        .linear(&edge(names::LOGITS, cast_out), &pooled, &w, &b)?;
+                    let logits = self.head(
+                        &edge(names::LOGITS, cast_out),
+                        &pooled,
+                        body.pooled4.as_ref(),
+                    )?;
                     self.cast_to(names::LOGITS, &logits, opts.io_dtype)?;
                     io.outputs.push(Feature {
                         name: names::LOGITS.into(),
@@ -408,7 +425,7 @@ impl<'s> Emitter<'_, '_, 's> {
                         },
                     });
                 } else {
-                    let logits = self.b.linear("logits", &pooled, &w, &b)?;
+                    let logits = self.head("logits", &pooled, body.pooled4.as_ref())?;
                     let probs = self.b.softmax("probabilities", &logits, -1)?;
                     // classify takes fp32.
                     let probs = self.cast_to("probabilities_fp32", &probs, DType::F32)?;
@@ -429,6 +446,59 @@ impl<'s> Emitter<'_, '_, 's> {
             }
         };
         Ok(io)
+    }
+
+    /// Patch tokens, the blocks, the final norm and pooling in the standard layout.
+    fn standard_body(
+        &mut self,
+        x: &Var,
+        opts: &VitOptions,
+        features: bool,
+        cast_out: bool,
+    ) -> Result<Body, EmitError> {
+        let cfg = self.cfg;
+        let mut x = self.embeddings(x, opts.flexible_batch)?;
+        for i in 0..cfg.num_layers {
+            x = self.block(i, &x, opts.fused_attention)?;
+        }
+        // The final norm is the `tokens` output when features are asked for.
+        let g = self.weight("norm.weight", None)?;
+        let bt = self.weight("norm.bias", None)?;
+        let norm_name = if features {
+            edge(names::TOKENS, cast_out)
+        } else {
+            "final_norm".to_string()
+        };
+        let tokens = self
+            .b
+            .layer_norm(&norm_name, &x, &[-1], &g, &bt, cfg.norm_eps)?;
+        let pooled_name = if features {
+            edge(names::EMBEDDING, cast_out)
+        } else {
+            "pooled".to_string()
+        };
+        let pooled = self.pool(&pooled_name, &tokens)?;
+        Ok(Body {
+            tokens,
+            pooled,
+            pooled4: None,
+        })
+    }
+
+    /// The head's logits `[1, K]` named `name`: a `linear` on the pooled vector, or in
+    /// the Neural Engine layout a 1x1 `conv` on `[1, pd, 1, 1]` and a reshape.
+    fn head(&mut self, name: &str, pooled: &Var, pooled4: Option<&Var>) -> Result<Var, EmitError> {
+        let nc = self.cfg.num_classes;
+        match pooled4 {
+            None => {
+                let (w, b) = self.linear_params("head", nc, true)?;
+                Ok(self.b.linear(name, pooled, &w, &b)?)
+            }
+            Some(p4) => {
+                let y = self.conv1x1("head", "head", p4, nc, true)?;
+                Ok(self.b.reshape(name, &y, &[1, nc])?)
+            }
+        }
     }
 
     /// `[1, T, D]` normed tokens -> `[1, pooled_dim]` named `name`, as [`Pooling`]
@@ -461,7 +531,7 @@ impl<'s> Emitter<'_, '_, 's> {
     }
 
     /// Patch embedding, class/register tokens and position embeddings -> `[1, T, D]`.
-    fn embeddings(&mut self, x: &Var) -> Result<Var, EmitError> {
+    fn embeddings(&mut self, x: &Var, flexible_batch: bool) -> Result<Var, EmitError> {
         let cfg = self.cfg;
         let (d, ps, g, n) = (
             cfg.hidden_size,
@@ -506,7 +576,45 @@ impl<'s> Emitter<'_, '_, 's> {
             *v += p;
         }
         let lead = self.constant("prefix_tokens", &[1, 1 + r, d], &lead)?;
+        let lead = if flexible_batch {
+            self.batched_like("prefix_tokens", &patches, &lead, 1)?
+        } else {
+            lead
+        };
         Ok(self.b.concat("embed_tokens", &[&lead, &patches], 1)?)
+    }
+
+    /// `constant` (batch 1) added onto zeros of `like`'s batch: the first
+    /// `constant.shape[axis]` entries of `like` along `axis`, times 0. How a constant joins
+    /// batched values in a concat when the batch is flexible.
+    fn batched_like(
+        &mut self,
+        name: &str,
+        like: &Var,
+        constant: &Var,
+        axis: usize,
+    ) -> Result<Var, EmitError> {
+        let want = constant.shape()[axis];
+        if like.shape()[axis] < want {
+            return Err(EmitError::Unsupported(format!(
+                "a flexible batch needs at least {want} patches, this model has {}",
+                like.shape()[axis]
+            )));
+        }
+        let shape = like.shape().to_vec();
+        let mut end = shape.clone();
+        end[axis] = want;
+        let begin = vec![0; shape.len()];
+        let part = self.b.slice_by_index(
+            &format!("{name}_like"),
+            like,
+            &begin,
+            &end,
+            &vec![false; shape.len()],
+        )?;
+        let zero = self.constant(&format!("{name}_zero"), &[], &[0.0])?;
+        let zeros = self.b.mul(&format!("{name}_zeros"), &part, &zero)?;
+        Ok(self.b.add(&format!("{name}_batched"), &zeros, constant)?)
     }
 
     fn block(&mut self, i: usize, x: &Var, fused_attention: bool) -> Result<Var, EmitError> {
