@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Validates the sample coreml-bench files in tests/data/bench/ against
-schema/bench-report.schema.json (JSON Schema draft 2020-12).
+schema/bench-report.schema.json and schema/bench-raw.schema.json (JSON Schema draft 2020-12).
 
     python3 scripts/check_bench_schema.py [ROOT]
 
 File names say what each sample must do:
-  report-*.json      a report; must validate
+  report-*.json      a report; must validate (report-from-raw-*: computed by
+                     src/bench/raw.rs from raw-*, kept by tests/bench_raw.rs)
+  raw-*.json         what the harness writes; must validate against bench-raw
   reference-*.json   a --reference file; must validate against $defs/reference_file
   invalid-*.json     must NOT validate (or not even parse): proves the schema rejects it
 
@@ -50,6 +52,9 @@ def main(argv: list[str]) -> int:
     Draft202012Validator.check_schema(schema)
     report = validator_for(schema, None)
     reference = validator_for(schema, "#/$defs/reference_file")
+    raw_schema = load_json(root / "schema" / "bench-raw.schema.json")
+    Draft202012Validator.check_schema(raw_schema)
+    raw = Draft202012Validator(raw_schema)
 
     samples = sorted((root / "tests" / "data" / "bench").glob("*.json"))
     if not samples:
@@ -68,7 +73,12 @@ def main(argv: list[str]) -> int:
                 print(f"FAIL  {rel}: not JSON: {e}")
                 failures += 1
             continue
-        validator = reference if name.startswith("reference-") else report
+        if name.startswith("reference-"):
+            validator = reference
+        elif name.startswith("raw-"):
+            validator = raw
+        else:
+            validator = report
         errs = errors_of(validator, doc)
         if name.startswith("invalid-"):
             if errs:
@@ -82,7 +92,7 @@ def main(argv: list[str]) -> int:
                 print(f"        {e}")
             failures += 1
         else:
-            kind = "reference file" if validator is reference else "report"
+            kind = "reference file" if validator is reference else "raw file" if validator is raw else "report"
             print(f"ok    {rel}: valid {kind}")
     print(f"{len(samples) - failures}/{len(samples)} samples as expected")
     return 1 if failures else 0

@@ -299,7 +299,8 @@ struct BenchArgs {
     /// The .mlpackage to benchmark (macOS).
     #[arg(required_unless_present = "report")]
     package: Option<PathBuf>,
-    /// Render an existing report (table and chart) instead of running; any platform.
+    /// Render an existing report, or compute it from the harness's raw file
+    /// (NAME.bench.raw.json), as table and chart instead of running; any platform.
     #[arg(long, conflicts_with = "package")]
     report: Option<PathBuf>,
     /// Compute units: cpu, gpu, ane, all (comma-separated).
@@ -891,7 +892,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => {
             if let Some(path) = &args.report {
-                let report = lib::bench::read_report(path)
+                let report = lib::bench::load_report(path)
                     .with_context(|| format!("reading {}", path.display()))?;
                 print!("{report}");
                 let png = lib::bench::chart_path_for(path);

@@ -363,7 +363,7 @@ pub fn parse_report(text: &str, path: &Path) -> Result<BenchReport, BenchError> 
 }
 
 /// What serde cannot check but the schema (or common sense) requires.
-fn check(report: &BenchReport) -> Result<(), String> {
+pub(crate) fn check(report: &BenchReport) -> Result<(), String> {
     if report.units.is_empty() {
         return Err("the report has no compute units".into());
     }

@@ -1,5 +1,6 @@
 //! Running the Swift harness: build `swift/` in release mode, run `coreml-bench` on a
-//! package, read its report and draw the chart next to it. Only macOS has Core ML;
+//! package, compute the report from its raw measurements, write it and draw the chart
+//! next to it. Only macOS has Core ML;
 //! elsewhere [`bench_package`] says so and points at rendering an existing report.
 
 use std::ffi::OsString;
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::chart::{render_chart, Chart};
-use super::report::{read_report, BenchReport, ComputeUnits};
+use super::report::{BenchReport, ComputeUnits};
 use super::BenchError;
 
 /// What `coreml-bench` is asked to measure; `Default` matches its own defaults.
@@ -70,6 +71,11 @@ pub fn default_json_path(package: &Path) -> PathBuf {
     package.with_extension("bench.json")
 }
 
+/// The harness's raw measurements beside the report: `m.bench.json` -> `m.bench.raw.json`.
+pub fn raw_path_for(json: &Path) -> PathBuf {
+    json.with_extension("raw.json")
+}
+
 /// The chart beside a report: `m.bench.json` -> `m.bench.png`.
 pub fn chart_path_for(json: &Path) -> PathBuf {
     json.with_extension("png")
@@ -130,13 +136,33 @@ pub fn bench_package(package: &Path, opts: &BenchOptions) -> Result<BenchOutcome
         .json
         .clone()
         .unwrap_or_else(|| default_json_path(package));
-    run(Command::new(&exe).args(coreml_bench_args(package, &json, opts)))?;
-    let report = read_report(&json)?;
+    // The harness writes raw measurements; the report is computed here from them.
+    let raw = raw_path_for(&json);
+    run(Command::new(&exe).args(coreml_bench_args(package, &raw, opts)))?;
+    let reference = opts
+        .reference
+        .as_deref()
+        .map(super::ReferenceFile::read)
+        .transpose()?;
+    let report = super::raw::report_from_raw(&raw, reference.as_ref())?;
+    write_report(&report, &json)?;
     let chart = render_chart(&report, &chart_path_for(&json))?;
     Ok(BenchOutcome {
         report,
         json,
         chart,
+    })
+}
+
+/// Writes the report (schema v1) atomically: a reader never sees half of one.
+fn write_report(report: &BenchReport, path: &Path) -> Result<(), BenchError> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| BenchError::Invalid {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    crate::fsutil::write_file_atomically(path, text.as_bytes()).map_err(|source| BenchError::Io {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
