@@ -7,8 +7,10 @@
    grammar; prints file:line:column of each ERROR or MISSING node and fails on any.
    A parse is not a compile: types, overloads and availability are only checked by
    `swift build` on a Mac.
-2. Report keys: for every Swift type preceded by a `// schema: <JSON pointer>` line,
-   compares it with that object of schema/bench-report.schema.json:
+2. Raw keys: for every Swift type preceded by a `// schema: [FILE]<JSON pointer>` line,
+   compares it with that object of schema/FILE (default bench-raw.schema.json, what the
+   harness writes; `bench-report.schema.json#/$defs/reference_file` for the reference file
+   it reads). Every object of the raw schema must have its Swift type:
    - a struct's CodingKeys raw values must equal the object's property names, and its
      non-optional stored properties must be exactly the object's `required` ones
      (synthesised Codable omits nil optionals, so optional = not required);
@@ -132,8 +134,19 @@ def marked_types(root: Node, path: Path) -> list[SwiftType]:
     return found
 
 
-def resolve(schema: dict, pointer: str):
-    if not pointer.startswith("#"):
+DEFAULT_SCHEMA = "bench-raw.schema.json"
+
+
+def split_pointer(pointer: str) -> tuple[str, str]:
+    """`file.json#/a/b` -> (file.json, #/a/b); a bare `#/a/b` is in the raw schema."""
+    file, hash_, rest = pointer.partition("#")
+    return (file or DEFAULT_SCHEMA), hash_ + rest
+
+
+def resolve(schemas: dict, pointer: str):
+    file, pointer = split_pointer(pointer)
+    schema = schemas.get(file)
+    if schema is None or not pointer.startswith("#"):
         return None
     node = schema
     for part in (p for p in pointer[1:].split("/") if p):
@@ -143,8 +156,8 @@ def resolve(schema: dict, pointer: str):
     return node
 
 
-def check_type(item: SwiftType, schema: dict) -> list[str]:
-    target = resolve(schema, item.pointer)
+def check_type(item: SwiftType, schemas: dict) -> list[str]:
+    target = resolve(schemas, item.pointer)
     if target is None:
         return [f"schema has no `{item.pointer}`"]
     problems = []
@@ -158,7 +171,7 @@ def check_type(item: SwiftType, schema: dict) -> list[str]:
 
     properties = set(target.get("properties", {}))
     if not item.coding_keys:
-        return ["has no CodingKeys (every report struct names its JSON keys explicitly)"]
+        return ["has no CodingKeys (every raw struct names its JSON keys explicitly)"]
     keys = set(item.coding_keys.values())
     for key in sorted(keys - properties):
         problems.append(f"encodes `{key}`, which the schema does not define")
@@ -182,7 +195,10 @@ def main(argv: list[str]) -> int:
     if not files:
         print(f"no .swift files under {root / 'swift'}")
         return 1
-    schema = json.loads((root / "schema" / "bench-report.schema.json").read_text(encoding="utf-8"))
+    schemas = {
+        name: json.loads((root / "schema" / name).read_text(encoding="utf-8"))
+        for name in (DEFAULT_SCHEMA, "bench-report.schema.json")
+    }
     parser = swift_parser()
 
     syntax_failures = 0
@@ -200,19 +216,19 @@ def main(argv: list[str]) -> int:
 
     key_failures = 0
     for rel, item in types:
-        problems = check_type(item, schema)
+        problems = check_type(item, schemas)
         for problem in problems:
             print(f"{rel}:{item.line}: {item.name} ({item.pointer}): {problem}")
         key_failures += bool(problems)
-    print(f"report keys: {len(types) - key_failures}/{len(types)} Swift types match the schema")
-    pointers = {t.pointer for _, t in types}
+    print(f"raw keys: {len(types) - key_failures}/{len(types)} Swift types match the schema")
+    pointers = {split_pointer(t.pointer) for _, t in types}
     unmatched = sorted(
         f"#/$defs/{name}"
-        for name, definition in schema["$defs"].items()
-        if "properties" in definition and f"#/$defs/{name}" not in pointers
+        for name, definition in schemas[DEFAULT_SCHEMA]["$defs"].items()
+        if "properties" in definition and (DEFAULT_SCHEMA, f"#/$defs/{name}") not in pointers
     )
     if unmatched:
-        print(f"report keys: schema objects without a Swift type: {', '.join(unmatched)}")
+        print(f"raw keys: {DEFAULT_SCHEMA} objects without a Swift type: {', '.join(unmatched)}")
     return 1 if syntax_failures or key_failures or unmatched else 0
 
 

@@ -1,8 +1,8 @@
 // swift-tools-version: 5.9
-// The benchmark harness for packages written by `pipeline export`. BenchCore holds
-// everything that does not need Core ML (statistics, arguments, the report and its
-// JSON), so it builds and tests on Linux too; the executable adds the Core ML part.
-// No dependencies: `swift build` must work offline.
+// The benchmark harness for packages written by `pipeline export`: Core ML calls and raw
+// measurements only (schema/bench-raw.schema.json). Statistics, agreement, the report,
+// tables and charts are computed by `pipeline bench` in Rust. No dependencies, so
+// `swift build` works offline.
 import PackageDescription
 
 let package = Package(
@@ -10,11 +10,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "coreml-bench", targets: ["coreml-bench"]),
-        .library(name: "BenchCore", targets: ["BenchCore"]),
     ],
     targets: [
-        .target(name: "BenchCore"),
-        .executableTarget(name: "coreml-bench", dependencies: ["BenchCore"]),
-        .testTarget(name: "BenchCoreTests", dependencies: ["BenchCore"]),
+        .executableTarget(name: "coreml-bench"),
     ]
 )

@@ -1,201 +1,160 @@
-// The whole measurement: compile once, then measure each compute-unit setting in turn,
-// then compare their outputs.
+// The measurement: compile once, then for each compute-unit setting load (cold, warm),
+// predict once, warm up, time single predictions and batches, read the compute plan and
+// the outputs of every example. Raw numbers only; Rust computes the rest.
 #if canImport(CoreML)
-import BenchCore
 import CoreML
 import Foundation
 
-enum BenchRunError: Error, CustomStringConvertible {
-    case packageNotFound(String)
-    case noUnitMeasured([String])
-
-    var description: String {
-        switch self {
-        case .packageNotFound(let path):
-            return "no model at \(path)"
-        case .noUnitMeasured(let errors):
-            return "no compute-unit setting could be measured:\n  " + errors.joined(separator: "\n  ")
-        }
-    }
+/// Milliseconds on the monotonic clock.
+func timed<T>(_ body: () throws -> T) rethrows -> (T, Double) {
+    let start = DispatchTime.now().uptimeNanoseconds
+    let result = try body()
+    return (result, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
 }
 
 struct BenchmarkRun {
-    let options: BenchOptions
+    let options: Options
 
-    func run() async throws -> BenchReport {
-        let thermalStateAtStart = MachineProbe.thermalState()
-        let createdAt = ReportEncoding.timestamp()
-        let packageURL = URL(fileURLWithPath: options.modelPath)
-        guard FileManager.default.fileExists(atPath: packageURL.path) else {
-            throw BenchRunError.packageNotFound(options.modelPath)
+    func run() async throws -> RawRun {
+        let thermalAtStart = Machine.thermalState()
+        let createdAt = ISO8601DateFormatter().string(from: Date())
+        let package = URL(fileURLWithPath: options.model)
+        guard FileManager.default.fileExists(atPath: package.path) else {
+            throw UsageError(description: "no model at \(options.model)")
         }
-        let reference = try options.referencePath.map { try ReferenceFile.load(from: URL(fileURLWithPath: $0)) }
+        let reference = try options.reference.map {
+            try JSONDecoder().decode(ReferenceFile.self, from: Data(contentsOf: URL(fileURLWithPath: $0)))
+        }
+        let start = DispatchTime.now().uptimeNanoseconds
+        let compiled = try await MLModel.compileModel(at: package)
+        let compileMilliseconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+        // The compiled copy lives in a temporary folder: leave nothing behind.
+        defer { try? FileManager.default.removeItem(at: compiled) }
 
-        let compiled = try await Stopwatch.measureAsync { try await MLModel.compileModel(at: packageURL) }
-        // The compiled copy lives in a temporary directory; leave nothing behind.
-        defer { try? FileManager.default.removeItem(at: compiled.result) }
-
-        var measured: [MeasuredUnit] = []
-        var failures: [UnitResult] = []
-        // Inputs are built from the first model that loads: its description says what
-        // it takes. Building them needs no prediction, so no setting is warmed early.
-        var inputs: BenchInputs?
-        for choice in options.computeUnits {
+        // Inputs come from the first model that loads: its description says what it takes.
+        var inputs: Inputs?
+        var described: MLModelDescription?
+        var units: [RawUnit] = []
+        for choice in options.units {
             do {
-                let unit = try await UnitBenchmark(
-                    choice: choice, compiledURL: compiled.result, options: options
-                ).measure { model in
+                let unit = UnitRun(choice: choice, compiled: compiled, options: options)
+                units.append(try await unit.measure { model in
                     if let inputs { return inputs }
-                    let made = try BenchInputs.make(for: model, options: options, reference: reference)
-                    inputs = made
+                    let made = try Inputs(for: model, options: options, reference: reference)
+                    (inputs, described) = (made, model.modelDescription)
                     return made
-                }
-                measured.append(unit)
+                })
             } catch {
-                failures.append(UnitResult(computeUnits: choice, error: "\(error)"))
+                units.append(RawUnit(computeUnits: choice, error: "\(error)"))
             }
         }
-        guard let inputs, let described = measured.first?.description else {
-            throw BenchRunError.noUnitMeasured(failures.compactMap(\.error))
-        }
-
-        let units = try compareOutputs(measured, reference: reference)
-        let failedByChoice = Dictionary(uniqueKeysWithValues: failures.map { ($0.computeUnits, $0) })
-        let measuredByChoice = Dictionary(uniqueKeysWithValues: units.map { ($0.computeUnits, $0) })
-        // Report in command-line order, failures where they happened.
-        let ordered = options.computeUnits.compactMap { measuredByChoice[$0] ?? failedByChoice[$0] }
-
-        return BenchReport(
+        return RawRun(
             tool: ToolInfo(),
             createdAt: createdAt,
-            machine: MachineProbe.machineInfo(thermalStateAtStart: thermalStateAtStart),
-            model: ModelDescriber.info(
-                path: options.modelPath, description: described, compileMilliseconds: compiled.milliseconds),
-            settings: BenchSettings(options: options, inputSource: inputs.source, examples: inputs.examples.count),
-            units: ordered
+            machine: Machine.info(thermalStateAtStart: thermalAtStart),
+            model: Machine.modelInfo(path: options.model, description: described, compileMilliseconds: compileMilliseconds),
+            settings: Settings(
+                computeUnits: options.units, warmup: options.warmup, iterations: options.iterations,
+                batchSizes: options.batches, inputSource: inputs?.source ?? .synthetic,
+                images: options.images.isEmpty ? nil : options.images, reference: options.reference,
+                examples: max(1, inputs?.examples.count ?? 1)),
+            units: units
         )
     }
-
-    /// Fills in each unit's agreement with .cpuOnly and with the reference outputs.
-    private func compareOutputs(_ measured: [MeasuredUnit], reference: ReferenceFile?) throws -> [UnitResult] {
-        let cpuOutputs = measured.first { $0.result.computeUnits == .cpu }?.outputs
-        let expected = reference?.expectedOutputs()
-        return try measured.map { unit in
-            var result = unit.result
-            if let cpuOutputs, unit.result.computeUnits != .cpu {
-                result.agreementWithCPU = try OutputComparer.compare(
-                    candidate: unit.outputs, baseline: cpuOutputs, baselineName: .cpu)
-            }
-            if let expected {
-                result.agreementWithReference = try OutputComparer.compare(
-                    candidate: unit.outputs, baseline: expected, baselineName: .reference)
-            }
-            return result
-        }
-    }
 }
 
-/// What one setting produced: its measurements and its outputs for each example.
-struct MeasuredUnit {
-    var result: UnitResult
-    var outputs: [ExampleOutputs]
-    var description: MLModelDescription
-}
-
-/// Measures one compute-unit setting.
-struct UnitBenchmark {
+struct UnitRun {
     let choice: ComputeUnitsChoice
-    let compiledURL: URL
-    let options: BenchOptions
+    let compiled: URL
+    let options: Options
 
-    func measure(inputsFor makeInputs: (MLModel) throws -> BenchInputs) async throws -> MeasuredUnit {
+    var configuration: MLModelConfiguration {
         let configuration = MLModelConfiguration()
-        configuration.computeUnits = choice.mlComputeUnits
-
-        // Cold: the first load with this configuration since compiling (Core ML
-        // specialises the model for the device here). Warm: the same load again.
-        let cold = try Stopwatch.measure { try MLModel(contentsOf: compiledURL, configuration: configuration) }
-        let warm = try Stopwatch.measure { try MLModel(contentsOf: compiledURL, configuration: configuration) }
-        let model = warm.result
-        let inputs = try makeInputs(cold.result)
-
-        let first = try Stopwatch.measure { try model.prediction(from: inputs.examples[0]) }
-        try warmUp(model, inputs: inputs)
-        let latency = try timeSinglePredictions(model, inputs: inputs)
-        let batches = options.batchSizes.map { timeBatch(model, inputs: inputs, size: $0) }
-        let plan = await computePlan(configuration: configuration)
-        let outputs = try inputs.examples.map { try OutputReader.values(of: model.prediction(from: $0)) }
-
-        let result = UnitResult(
-            computeUnits: choice,
-            load: LoadTimes(coldMilliseconds: cold.milliseconds, warmMilliseconds: warm.milliseconds),
-            firstPredictionMilliseconds: first.milliseconds,
-            latency: latency,
-            batches: batches,
-            computePlan: plan
-        )
-        return MeasuredUnit(result: result, outputs: outputs, description: model.modelDescription)
+        switch choice {
+        case .cpu: configuration.computeUnits = .cpuOnly
+        case .gpu: configuration.computeUnits = .cpuAndGPU
+        case .ane: configuration.computeUnits = .cpuAndNeuralEngine
+        case .all: configuration.computeUnits = .all
+        }
+        return configuration
     }
 
-    private func warmUp(_ model: MLModel, inputs: BenchInputs) throws {
-        for iteration in 0..<options.warmup {
-            _ = try model.prediction(from: inputs.example(iteration))
-        }
-    }
-
-    private func timeSinglePredictions(_ model: MLModel, inputs: BenchInputs) throws -> Latency {
-        var samples: [Double] = []
-        samples.reserveCapacity(options.iterations)
-        for iteration in 0..<options.iterations {
-            let input = inputs.example(iteration)
-            samples.append(try Stopwatch.measure { try model.prediction(from: input) }.milliseconds)
-        }
-        guard let latency = Latency(millisecondSamples: samples) else {
-            // The parser guarantees iterations >= 1, so this is a programming error.
-            preconditionFailure("no latency samples with \(options.iterations) iterations")
-        }
-        return latency
-    }
-
-    /// Times predictions(fromBatch:) for one batch size; a failure is reported for this
-    /// size alone (large batches can run out of memory where small ones do not).
-    private func timeBatch(_ model: MLModel, inputs: BenchInputs, size: Int) -> BatchResult {
-        let batch = MLArrayBatchProvider(array: (0..<size).map { inputs.example($0) })
-        // Fewer calls for bigger batches keep the total work near --iterations images.
-        let calls = max(3, options.iterations / size)
-        do {
-            _ = try model.predictions(fromBatch: batch)
-            var samples: [Double] = []
-            for _ in 0..<calls {
-                samples.append(try Stopwatch.measure { try model.predictions(fromBatch: batch) }.milliseconds)
+    func measure(inputsFor makeInputs: (MLModel) throws -> Inputs) async throws -> RawUnit {
+        // Cold: the first load with this configuration (Core ML specialises the model for
+        // the device here). Warm: the same load again, caches filled.
+        let (coldModel, cold) = try timed { try MLModel(contentsOf: compiled, configuration: configuration) }
+        let (model, warm) = try timed { try MLModel(contentsOf: compiled, configuration: configuration) }
+        let inputs = try makeInputs(coldModel)
+        let (_, first) = try timed { try model.prediction(from: inputs.example(0)) }
+        var latencies: [Double] = []
+        // One autorelease pool per prediction: Core ML's output buffers would otherwise
+        // pile up until the loop ends and skew the later samples.
+        for iteration in 0..<(options.warmup + options.iterations) {
+            try autoreleasepool {
+                let (_, ms) = try timed { try model.prediction(from: inputs.example(iteration)) }
+                if iteration >= options.warmup { latencies.append(ms) }
             }
-            return BatchResult(batchSize: size, batchMilliseconds: samples)
-                ?? BatchResult(batchSize: size, error: "batch calls took no measurable time")
-        } catch {
-            return BatchResult(batchSize: size, error: "\(error)")
         }
+        let batches = options.batches.map { batch(model, inputs: inputs, size: $0) }
+        var unit = RawUnit(
+            computeUnits: choice, load: LoadTimes(coldMilliseconds: cold, warmMilliseconds: warm),
+            firstPredictionMilliseconds: first, latenciesMilliseconds: latencies, batches: batches,
+            outputs: try inputs.examples.map { try Outputs.read(model.prediction(from: $0)) })
+        do {
+            unit.computePlan = try await Plan.read(compiled: compiled, configuration: configuration)
+        } catch {
+            unit.computePlanError = "\(error)"
+        }
+        return unit
     }
 
-    /// The compute plan when the system can tell (macOS 14.4+); nil otherwise, or when
-    /// Core ML cannot plan this model (e.g. a neural network rather than an ML program).
-    private func computePlan(configuration: MLModelConfiguration) async -> ComputePlanSummary? {
-        guard #available(macOS 14.4, *) else { return nil }
-        return try? await ComputePlanReader.summary(
-            compiledURL: compiledURL,
-            configuration: configuration,
-            listOpsOffNeuralEngine: choice.allowsNeuralEngine
-        )
+    /// predictions(fromBatch:) of one size: one untimed call, then calls adding up to about
+    /// --iterations images. A failure is this size's alone (large batches can run out of
+    /// memory where small ones do not).
+    func batch(_ model: MLModel, inputs: Inputs, size: Int) -> RawBatch {
+        let provider = MLArrayBatchProvider(array: (0..<size).map { inputs.example($0) })
+        do {
+            _ = try model.predictions(fromBatch: provider)
+            var calls: [Double] = []
+            for _ in 0..<max(3, options.iterations / size) {
+                try autoreleasepool {
+                    calls.append(try timed { try model.predictions(fromBatch: provider) }.1)
+                }
+            }
+            return RawBatch(batchSize: size, callsMilliseconds: calls)
+        } catch {
+            return RawBatch(batchSize: size, error: "\(error)")
+        }
     }
 }
 
-extension ComputeUnitsChoice {
-    var mlComputeUnits: MLComputeUnits {
-        switch self {
-        case .cpu: return .cpuOnly
-        case .gpu: return .cpuAndGPU
-        case .ane: return .cpuAndNeuralEngine
-        case .all: return .all
+/// A prediction's outputs as the raw schema records them.
+enum Outputs {
+    static func read(_ provider: MLFeatureProvider) -> [String: OutputValue] {
+        var values: [String: OutputValue] = [:]
+        for name in provider.featureNames {
+            guard let value = provider.featureValue(for: name) else { continue }
+            switch value.type {
+            case .multiArray:
+                // MLShapedArray reads any element type and any strides in row-major order.
+                guard let array = value.multiArrayValue else { continue }
+                values[name] = OutputValue(
+                    kind: .multiarray, shape: array.shape.map(\.intValue),
+                    data: MLShapedArray<Float>(converting: array).scalars)
+            case .dictionary:
+                let pairs = value.dictionaryValue.map { ("\($0.key)", $0.value.floatValue) }
+                values[name] = OutputValue(kind: .dictionary, data: pairs.map(\.1), labels: pairs.map(\.0))
+            case .string:
+                values[name] = OutputValue(kind: .string, string: value.stringValue)
+            case .double:
+                values[name] = OutputValue(kind: .number, data: [Float(value.doubleValue)])
+            case .int64:
+                values[name] = OutputValue(kind: .number, data: [Float(value.int64Value)])
+            default:
+                continue
+            }
         }
+        return values
     }
 }
 #endif
