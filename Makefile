@@ -14,15 +14,20 @@ demo: setup
 	$(CARGO) build --release --quiet
 	./target/release/pipeline run examples/quickstart.toml
 
-# Every test: formatting, lints, the Rust tests with and without MLX. coremltools must
-# accept every package the tests export (COREML_CHECK_REQUIRED); PyTorch (transformers 5 and 4,
-# peft, timm) must load our PEFT adapters and train the ones we import (PEFT_*_REQUIRED).
+# Every test: formatting, lints (also for macOS: the Core ML code), the Rust tests with
+# and without MLX. coremltools must accept every package the tests export
+# (COREML_CHECK_REQUIRED); PyTorch (transformers 5 and 4, peft, timm) must load our PEFT
+# adapters and train the ones we import (PEFT_*_REQUIRED).
 test: setup
 	@bash scripts/setup-python.sh
 	$(CARGO) fmt --check
 	python3 scripts/check_swift.py
 	python3 scripts/check_bench_schema.py
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
+	@# Core ML from Rust, type-checked against Apple's API for a Mac (objc2-core-ml) without
+	@# MLX (its Apple build needs Metal); its own target dir, so target/debug is untouched.
+	rustup target add aarch64-apple-darwin
+	CARGO_TARGET_DIR=target/apple $(CARGO) clippy --quiet --target aarch64-apple-darwin --no-default-features --features coreml -- -D warnings
 	COREML_CHECK_REQUIRED=1 PEFT_CHECK_REQUIRED=1 PEFT_TF4_REQUIRED=1 $(CARGO) test --quiet
 	$(CARGO) test --quiet --no-default-features --lib --test convert_errors --test coreml_export --test verify_reference_out
 
