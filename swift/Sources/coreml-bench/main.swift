@@ -50,7 +50,7 @@ func parse(_ arguments: [String]) throws -> Options {
         case "--reference": options.reference = text
         case "--image": options.images.append(text)
         case "--warmup": options.warmup = try integers(text)[0]
-        case "--iterations": options.iterations = max(1, try integers(text)[0])
+        case "--iterations": options.iterations = try max(1, integers(text)[0])
         case "--batch": options.batches = try integers(text).filter { $0 > 0 }
         case "--compute-units":
             options.units = try text.split(separator: ",").map {
