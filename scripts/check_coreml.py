@@ -3,7 +3,9 @@
 Linux): parses each package's spec, then rebuilds its MIL program through coremltools'
 builder, which type-checks every op and reads every weight from weight.bin.
 
-Usage: check_coreml.py PKG.mlpackage [PKG.mlpackage ...]
+Usage: check_coreml.py [--ane] PKG.mlpackage [PKG.mlpackage ...]
+--ane: also require the Neural Engine layout: no `linear` op and no value above rank 4
+in the program coremltools rebuilt.
 Exits 0 when every package passes, 1 otherwise, 2 when coremltools is missing.
 """
 
@@ -13,7 +15,22 @@ import sys
 import traceback
 
 
-def check(path):
+def check_ane(main):
+    """No `linear`, nothing above rank 4, in coremltools' own reading of the program."""
+    for op in main.operations:
+        if op.op_type == "linear":
+            raise ValueError(f"ANE layout: `linear` op {op.name}")
+        for v in op.outputs:
+            from coremltools.converters.mil.mil import types
+
+            if not types.is_tensor(v.sym_type):
+                continue
+            shape = v.shape
+            if len(shape) > 4:
+                raise ValueError(f"ANE layout: {v.name} has rank {len(shape)} ({shape})")
+
+
+def check(path, ane=False):
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 
@@ -75,6 +92,8 @@ def check(path):
                     raise ValueError(f"output {f.name}: flexible {var.shape} but declared {tuple(f.type.multiArrayType.shape)}")
             elif tuple(f.type.multiArrayType.shape) != tuple(var.shape):
                 raise ValueError(f"output {f.name}: declared shape {tuple(f.type.multiArrayType.shape)}, program gives {var.shape}")
+    if ane:
+        check_ane(main)
     if spec.description.predictedFeatureName and counts.get("classify", 0) != 1:
         raise ValueError("classifier description without a classify op")
     return spec.specificationVersion, main.opset_version, counts, spec.description.metadata.userDefined
@@ -91,9 +110,11 @@ def main(argv):
         return 2
     print(f"coremltools {ct.__version__}")
     failed = 0
-    for path in argv[1:]:
+    ane = "--ane" in argv[1:]
+    paths = [a for a in argv[1:] if a != "--ane"]
+    for path in paths:
         try:
-            ver, opset, counts, _ = check(path)
+            ver, opset, counts, _ = check(path, ane)
             ops = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             print(f"ok    {path}: spec {ver}, {opset}, {sum(counts.values())} ops ({ops})")
         except Exception as e:  # report every package, then fail
@@ -101,7 +122,7 @@ def main(argv):
             print(f"FAIL  {path}: {type(e).__name__}: {e}")
             if os.environ.get("CHECK_COREML_TRACEBACK"):
                 traceback.print_exc()
-    print(f"{len(argv) - 1 - failed} passed, {failed} failed")
+    print(f"{len(paths) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 

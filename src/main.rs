@@ -284,6 +284,10 @@ enum Command {
         /// Settings for --runtime coreml: cpu, gpu, ane, all (comma-separated).
         #[arg(long, default_value = "cpu,gpu,ane,all")]
         compute_units: String,
+        /// Run the package on this many inputs at a time: a batch size it was exported
+        /// with (`export --batch`); a last smaller group runs one input at a time.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
 }
 
@@ -928,6 +932,7 @@ fn run(cli: Cli) -> Result<()> {
             min_agreement,
             runtime,
             compute_units,
+            batch,
         } => {
             let opts = lib::verify::VerifyOptions {
                 model,
@@ -943,6 +948,7 @@ fn run(cli: Cli) -> Result<()> {
                     min_agreement,
                     ..Default::default()
                 },
+                batch,
             };
             if runtime == Runtime::Coreml {
                 return verify_coreml(&package, &opts, &compute_units, json);

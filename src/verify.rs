@@ -364,6 +364,7 @@ pub(crate) fn check_interpreter(
         accuracy: None,
         pass: checks.iter().all(|c| c.pass),
         outputs: checks,
+        neural_engine: coreml::ane_report::of_model(&p.pkg.model),
     };
     if let Some(labels) = &p.labels {
         report.accuracy = Some(accuracy(&run.outputs, &p.outputs, labels)?);

@@ -140,6 +140,9 @@ pub struct VerifyReport {
     pub accuracy: Option<AccuracyCheck>,
     pub outputs: Vec<OutputCheck>,
     pub pass: bool,
+    /// A static reading of what the package asks of the Neural Engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neural_engine: Option<crate::coreml::ane_report::AneReport>,
 }
 
 /// Row-wise argmax of class scores, `classes` per row.
@@ -297,6 +300,7 @@ pub fn verify_against(
         accuracy: None,
         outputs: checks,
         pass,
+        neural_engine: None,
     })
 }
 

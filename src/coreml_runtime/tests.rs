@@ -129,6 +129,7 @@ fn interpreter_report(outputs: Vec<crate::coreml::verify::OutputCheck>) -> Verif
         accuracy: None,
         pass: true,
         outputs,
+        neural_engine: None,
     }
 }
 
