@@ -70,6 +70,13 @@ pub struct CoreMl {
 
 impl CoreMl {
     pub fn compile(package: &Path) -> Result<Self, CoreMlError> {
+        // The multiarray buffer accessors we use are macOS 12.3+; say so rather than abort
+        // on an unknown selector.
+        if !available!(macos = 12.3) {
+            return Err(CoreMlError::Usage(
+                "Core ML from Rust needs macOS 12.3 or later".into(),
+            ));
+        }
         let url = NSURL::from_file_path(package).ok_or_else(|| {
             CoreMlError::Usage(format!(
                 "{}: not a file path Core ML can take",
@@ -130,12 +137,14 @@ impl Engine for CoreMl {
         autoreleasepool(|_| {
             // SAFETY: a loaded model's description is immutable and valid while `model` is.
             let d = unsafe { model.modelDescription() };
-            // SAFETY: as above; the dictionaries are copies owned by us.
+            // SAFETY: as above; the dictionaries are copies owned by us. `classLabels` is
+            // new in macOS 14: objc2 does not check availability, so we do (an unknown
+            // selector would abort); without it a classifier's outputs cannot be ordered.
             let (inputs, outputs, labels) = unsafe {
                 (
                     d.inputDescriptionsByName(),
                     d.outputDescriptionsByName(),
-                    d.classLabels(),
+                    available!(macos = 14.0).then(|| d.classLabels()).flatten(),
                 )
             };
             Ok(ModelInterface {
