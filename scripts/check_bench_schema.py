@@ -52,9 +52,7 @@ def main(argv: list[str]) -> int:
     Draft202012Validator.check_schema(schema)
     report = validator_for(schema, None)
     reference = validator_for(schema, "#/$defs/reference_file")
-    raw_schema = load_json(root / "schema" / "bench-raw.schema.json")
-    Draft202012Validator.check_schema(raw_schema)
-    raw = Draft202012Validator(raw_schema)
+    raw = None  # loaded at the first raw-* sample: a root may hold reports only
 
     samples = sorted((root / "tests" / "data" / "bench").glob("*.json"))
     if not samples:
@@ -76,6 +74,10 @@ def main(argv: list[str]) -> int:
         if name.startswith("reference-"):
             validator = reference
         elif name.startswith("raw-"):
+            if raw is None:
+                raw_schema = load_json(root / "schema" / "bench-raw.schema.json")
+                Draft202012Validator.check_schema(raw_schema)
+                raw = Draft202012Validator(raw_schema)
             validator = raw
         else:
             validator = report
