@@ -15,8 +15,7 @@ struct RawRun: Codable {
     var settings: Settings
     var units: [RawUnit]
     enum CodingKeys: String, CodingKey {
-        case format, version, tool, machine, model, settings, units
-        case createdAt = "created_at"
+        case format, version, tool, machine, model, settings, units, createdAt = "created_at"
     }
 }
 
@@ -40,13 +39,9 @@ struct MachineInfo: Codable {
     var thermalStateStart: ThermalStateName
     var thermalStateEnd: ThermalStateName
     enum CodingKeys: String, CodingKey {
-        case chip
-        case hardwareModel = "hardware_model"
-        case osVersion = "os_version"
-        case processorCount = "processor_count"
-        case memoryBytes = "memory_bytes"
-        case thermalStateStart = "thermal_state_start"
-        case thermalStateEnd = "thermal_state_end"
+        case chip, hardwareModel = "hardware_model", osVersion = "os_version"
+        case processorCount = "processor_count", memoryBytes = "memory_bytes"
+        case thermalStateStart = "thermal_state_start", thermalStateEnd = "thermal_state_end"
     }
 }
 
@@ -59,10 +54,7 @@ struct FeatureInfo: Codable {
     var kind: FeatureKind
     var shape: [Int]?
     var dataType: String?
-    enum CodingKeys: String, CodingKey {
-        case name, kind, shape
-        case dataType = "data_type"
-    }
+    enum CodingKeys: String, CodingKey { case name, kind, shape, dataType = "data_type" }
 }
 
 // schema: #/$defs/model_info
@@ -73,8 +65,7 @@ struct ModelInfo: Codable {
     var metadata: [String: String]
     var compileMilliseconds: Double
     enum CodingKeys: String, CodingKey {
-        case path, inputs, outputs, metadata
-        case compileMilliseconds = "compile_ms"
+        case path, inputs, outputs, metadata, compileMilliseconds = "compile_ms"
     }
 }
 
@@ -95,10 +86,8 @@ struct Settings: Codable {
     var reference: String?
     var examples: Int
     enum CodingKeys: String, CodingKey {
-        case warmup, iterations, images, reference, examples
-        case computeUnits = "compute_units"
-        case batchSizes = "batch_sizes"
-        case inputSource = "input_source"
+        case warmup, iterations, images, reference, examples, computeUnits = "compute_units"
+        case batchSizes = "batch_sizes", inputSource = "input_source"
     }
 }
 
@@ -107,8 +96,7 @@ struct LoadTimes: Codable {
     var coldMilliseconds: Double
     var warmMilliseconds: Double
     enum CodingKeys: String, CodingKey {
-        case coldMilliseconds = "cold_ms"
-        case warmMilliseconds = "warm_ms"
+        case coldMilliseconds = "cold_ms", warmMilliseconds = "warm_ms"
     }
 }
 
@@ -118,9 +106,7 @@ struct RawBatch: Codable {
     var callsMilliseconds: [Double]?
     var error: String?
     enum CodingKeys: String, CodingKey {
-        case error
-        case batchSize = "batch_size"
-        case callsMilliseconds = "calls_ms"
+        case error, batchSize = "batch_size", callsMilliseconds = "calls_ms"
     }
 }
 
@@ -135,8 +121,7 @@ struct PlanOp: Codable {
     var supported: [DeviceName]?
     var cost: Double?
     enum CodingKeys: String, CodingKey {
-        case output, preferred, supported, cost
-        case operatorName = "operator"
+        case output, preferred, supported, cost, operatorName = "operator"
     }
 }
 
@@ -171,11 +156,9 @@ struct RawUnit: Codable {
     var computePlanError: String?
     var outputs: [[String: OutputValue]]?
     enum CodingKeys: String, CodingKey {
-        case error, load, batches, outputs
-        case computeUnits = "compute_units"
+        case error, load, batches, outputs, computeUnits = "compute_units"
         case firstPredictionMilliseconds = "first_prediction_ms"
-        case latenciesMilliseconds = "latencies_ms"
-        case computePlan = "compute_plan"
+        case latenciesMilliseconds = "latencies_ms", computePlan = "compute_plan"
         case computePlanError = "compute_plan_error"
     }
 }
@@ -205,7 +188,6 @@ struct ReferenceFile: Codable {
     var outputs: [String: ReferenceTensor]
     var classLabels: [String]?
     enum CodingKeys: String, CodingKey {
-        case format, version, source, inputs, outputs
-        case classLabels = "class_labels"
+        case format, version, source, inputs, outputs, classLabels = "class_labels"
     }
 }

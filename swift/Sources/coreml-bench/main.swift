@@ -9,19 +9,15 @@ let usage = """
     """
 
 struct Options {
-    var model = ""
-    var json = ""
+    var model = "", json = ""
     var units = ComputeUnitsChoice.allCases
-    var warmup = 20
-    var iterations = 200
+    var warmup = 20, iterations = 200
     var batches = [1, 8]
     var images: [String] = []
     var reference: String?
 }
 
-struct UsageError: Error, CustomStringConvertible {
-    var description: String
-}
+struct UsageError: Error, CustomStringConvertible { var description: String }
 
 /// `--name value` or `--name=value`; `--image` may repeat. Values are checked in Rust
 /// before the harness is started, so only their form is checked here.
