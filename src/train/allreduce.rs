@@ -55,6 +55,11 @@ pub fn sum_over_ranks(
     }
     // The buckets are packed before the clock starts: the time is the exchange's.
     mlx_rs::transforms::eval(flats.iter())?;
+    // Only names and shapes are needed from here: the local gradients can go.
+    let layout: Vec<(Option<String>, Vec<i32>, usize)> = entries
+        .into_iter()
+        .map(|(name, a)| (name, a.shape().to_vec(), a.size()))
+        .collect();
     for flat in &flats {
         sums.push(group.all_sum(flat)?);
     }
@@ -64,12 +69,12 @@ pub fn sum_over_ranks(
         group.eval("the measurement barrier", &[meet])?;
     }
     let time = group.timed_eval("the gradient all_sum", &sums)?;
+    drop(flats);
     for (bucket, sum) in buckets.iter().zip(sums) {
-        let sizes: Vec<usize> = bucket.iter().map(|&i| entries[i].1.size()).collect();
+        let sizes: Vec<usize> = bucket.iter().map(|&i| layout[i].2).collect();
         for (&i, piece) in bucket.iter().zip(split(&sum, &sizes)?) {
-            let shape = entries[i].1.shape().to_vec();
-            let value = piece.reshape(&shape)?;
-            match &entries[i].0 {
+            let value = piece.reshape(&layout[i].1)?;
+            match &layout[i].0 {
                 Some(name) => {
                     grads.insert(name.clone(), value);
                 }
