@@ -107,7 +107,10 @@ fn coremltools_reads(pkgs: &[&Path], ane: bool) {
         fails.join("\n"),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains(&format!("{} passed, 0 failed", pkgs.len())), "{text}");
+    assert!(
+        text.contains(&format!("{} passed, 0 failed", pkgs.len())),
+        "{text}"
+    );
 }
 
 #[test]
@@ -149,7 +152,11 @@ fn relative(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn the_two_layouts_agree_within_fp16_rounding() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["hf-vit-classifier", "timm-vit-reg-swiglu", "hf-dinov2-registers-classifier"] {
+    for name in [
+        "hf-vit-classifier",
+        "timm-vit-reg-swiglu",
+        "hf-dinov2-registers-classifier",
+    ] {
         let (_keep, ck) = converted(name);
         let refs = reference(name);
         let inputs = vec![("pixel_values".to_string(), tensor(&refs, "pixel_values"))];
@@ -208,7 +215,9 @@ fn batch_packages_give_on_a_batch_what_they_give_one_at_a_time() {
                 assert!(d <= 1e-6, "{k}: {d}");
             }
             // Batch 4 was not listed.
-            let err = run_examples_batched(&pkg, &inputs, 4).err().expect("batch 4");
+            let Err(err) = run_examples_batched(&pkg, &inputs, 4) else {
+                panic!("batch 4 was accepted");
+            };
             assert!(err.to_string().contains("[1, 8, 16]"), "{err}");
             pkgs.push(pkg);
         }
@@ -218,8 +227,16 @@ fn batch_packages_give_on_a_batch_what_they_give_one_at_a_time() {
 
     // Image inputs and classifiers stay one at a time, said plainly.
     for (input, output, want) in [
-        (InputKind::Image, OutputKind::Logits, "image inputs take one image"),
-        (InputKind::Array, OutputKind::Classifier, "a classifier returns one label"),
+        (
+            InputKind::Image,
+            OutputKind::Logits,
+            "image inputs take one image",
+        ),
+        (
+            InputKind::Array,
+            OutputKind::Classifier,
+            "a classifier returns one label",
+        ),
     ] {
         let opts = ExportOptions {
             input,
@@ -227,9 +244,9 @@ fn batch_packages_give_on_a_batch_what_they_give_one_at_a_time() {
             batch_sizes: vec![1, 8],
             ..Default::default()
         };
-        let err = export(&ck, &tmp.path().join("bad.mlpackage"), &opts)
-            .err()
-            .expect("refused");
+        let Err(err) = export(&ck, &tmp.path().join("bad.mlpackage"), &opts) else {
+            panic!("{input:?} + {output:?} with batches was accepted");
+        };
         assert!(err.to_string().contains(want), "{err}");
     }
 }

@@ -19,12 +19,10 @@ pub const MAX_DIM: u64 = 16384;
 pub const LINE_FP16: u64 = 32;
 
 /// Op types that Core ML runs outside the Neural Engine whatever the model, and why.
-const ELSEWHERE: &[(&str, &str)] = &[
-    (
-        "classify",
-        "builds the label and the probability dictionary on the CPU",
-    ),
-];
+const ELSEWHERE: &[(&str, &str)] = &[(
+    "classify",
+    "builds the label and the probability dictionary on the CPU",
+)];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AneReport {
@@ -73,7 +71,11 @@ pub fn read(program: &pb::Program) -> AneReport {
         }
         r.ops += 1;
         *r.ops_by_type.entry(op.r#type.clone()).or_default() += 1;
-        let name = op.outputs.first().map(|o| o.name.clone()).unwrap_or_default();
+        let name = op
+            .outputs
+            .first()
+            .map(|o| o.name.clone())
+            .unwrap_or_default();
         if let Some((_, why)) = ELSEWHERE.iter().find(|(t, _)| *t == op.r#type) {
             r.known_elsewhere
                 .push((name.clone(), op.r#type.clone(), (*why).to_string()));
@@ -87,8 +89,10 @@ pub fn read(program: &pb::Program) -> AneReport {
                 r.rank_above_4.push(o.name.clone());
             }
             if shape.iter().flatten().any(|&d| d > MAX_DIM) {
-                r.dims_over_16384
-                    .push((o.name.clone(), shape.iter().map(|d| d.unwrap_or(0)).collect()));
+                r.dims_over_16384.push((
+                    o.name.clone(),
+                    shape.iter().map(|d| d.unwrap_or(0)).collect(),
+                ));
             }
             if dt == DType::F32.code() {
                 fp32 = true;
@@ -108,7 +112,12 @@ pub fn read(program: &pb::Program) -> AneReport {
     r
 }
 
-fn list<T>(f: &mut fmt::Formatter<'_>, what: &str, v: &[T], show: impl Fn(&T) -> String) -> fmt::Result {
+fn list<T>(
+    f: &mut fmt::Formatter<'_>,
+    what: &str,
+    v: &[T],
+    show: impl Fn(&T) -> String,
+) -> fmt::Result {
     if v.is_empty() {
         return writeln!(f, "  {what}: none");
     }
@@ -119,7 +128,11 @@ fn list<T>(f: &mut fmt::Formatter<'_>, what: &str, v: &[T], show: impl Fn(&T) ->
         "  {what}: {} ({}{})",
         v.len(),
         shown.join(", "),
-        if more > 0 { format!(", and {more} more") } else { String::new() }
+        if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -136,19 +149,27 @@ impl fmt::Display for AneReport {
             .collect();
         writeln!(f, "  {} ops: {}", self.ops, types.join(", "))?;
         list(f, "tensors above rank 4", &self.rank_above_4, |s| s.clone())?;
-        list(f, "dimensions over 16384", &self.dims_over_16384, |(n, s)| {
-            format!("{n} {s:?}")
+        list(
+            f,
+            "dimensions over 16384",
+            &self.dims_over_16384,
+            |(n, s)| format!("{n} {s:?}"),
+        )?;
+        list(f, "fp32 ops (not on the ANE)", &self.fp32_ops, |s| {
+            s.clone()
         })?;
-        list(f, "fp32 ops (not on the ANE)", &self.fp32_ops, |s| s.clone())?;
         list(
             f,
             "fp16 last axes not a multiple of 32 (64 bytes)",
             &self.unaligned_last_axis,
             |(n, d)| format!("{n}: {d}"),
         )?;
-        list(f, "ops known to run elsewhere", &self.known_elsewhere, |(n, t, _)| {
-            format!("{n} ({t})")
-        })
+        list(
+            f,
+            "ops known to run elsewhere",
+            &self.known_elsewhere,
+            |(n, t, _)| format!("{n} ({t})"),
+        )
     }
 }
 

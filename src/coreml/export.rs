@@ -189,7 +189,8 @@ pub fn resolve(opts: &ExportOptions, cfg: &ModelConfig) -> Result<Resolved, Expo
     let ane = opts.layout == Layout::Ane;
     if ane && opts.fused_attention == Some(true) {
         return unsupported(
-            "the Neural Engine layout splits attention per head; it has no fused attention op".into(),
+            "the Neural Engine layout splits attention per head; it has no fused attention op"
+                .into(),
         );
     }
     if ane && opts.compress.is_some() {

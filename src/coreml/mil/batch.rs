@@ -104,30 +104,44 @@ pub fn make_batch_flexible(program: &mut pb::Program) -> Result<(), MilError> {
                 continue;
             }
             let kind = op.r#type.clone();
-            let op_name = op.outputs.first().map(|o| o.name.clone()).unwrap_or_default();
+            let op_name = op
+                .outputs
+                .first()
+                .map(|o| o.name.clone())
+                .unwrap_or_default();
             let batched_x = bound_names(op, "x").iter().any(|n| batched.contains(n));
             if kind == "reshape" && batched_x {
                 for s in bound_names(op, "shape") {
-                    edit_first(&mut block.operations, &producer, &s, &op_name, |v| {
-                        match v {
+                    edit_first(
+                        &mut block.operations,
+                        &producer,
+                        &s,
+                        &op_name,
+                        |v| match v {
                             pb::tensor_value::Value::Ints(r) if r.values.first() == Some(&1) => {
                                 r.values[0] = -1;
                                 true
                             }
                             _ => false,
-                        }
-                    })?;
+                        },
+                    )?;
                 }
             }
             if kind == "slice_by_index" && batched_x {
                 for s in bound_names(&block.operations[i], "end_mask") {
-                    edit_first(&mut block.operations, &producer, &s, &op_name, |v| match v {
-                        pb::tensor_value::Value::Bools(r) if !r.values.is_empty() => {
-                            r.values[0] = true;
-                            true
-                        }
-                        _ => false,
-                    })?;
+                    edit_first(
+                        &mut block.operations,
+                        &producer,
+                        &s,
+                        &op_name,
+                        |v| match v {
+                            pb::tensor_value::Value::Bools(r) if !r.values.is_empty() => {
+                                r.values[0] = true;
+                                true
+                            }
+                            _ => false,
+                        },
+                    )?;
                 }
             }
             let op = &mut block.operations[i];

@@ -225,8 +225,13 @@ impl Emitter<'_, '_, '_> {
             e.b.slice_by_index(n, normed, &[0, 0, 0, 0], &[1, d, 1, 1], &keep)
         };
         let mean = |e: &mut Self, n: &str| {
-            let patches =
-                e.b.slice_by_index("patch_tokens_final", normed, &[0, 0, 0, p], &[1, d, 1, t], &keep)?;
+            let patches = e.b.slice_by_index(
+                "patch_tokens_final",
+                normed,
+                &[0, 0, 0, p],
+                &[1, d, 1, t],
+                &keep,
+            )?;
             e.b.reduce_mean(n, &patches, &[3], true)
         };
         Ok(match cfg.pooling {
