@@ -4,7 +4,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use mlx_coreml_pipeline::checkpoint::{self, Checkpoint, TensorOut};
@@ -91,6 +91,15 @@ fn our_checkpoint_with_image_size_is_resampled() {
     let err = run(&base, &tmp.path().join("50"), &odd).unwrap_err();
     assert!(err.contains("not a multiple of the patch size"), "{err}");
     assert!(!tmp.path().join("50").exists());
+}
+
+#[test]
+fn the_committed_quickstart_base_converts() {
+    let base: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart-base");
+    let tmp = tempfile::tempdir().unwrap();
+    run(&base, &tmp.path().join("m"), &ConvertOptions::default()).unwrap();
+    let ck = Checkpoint::load(&tmp.path().join("m")).unwrap();
+    assert_eq!((ck.config.image_size, ck.config.patch_size), (32, 8));
 }
 
 #[test]
