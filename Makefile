@@ -8,8 +8,9 @@ CARGO ?= cargo
 setup:
 	@bash scripts/setup.sh
 
-# Main job on an embedded default: the quickstart (a small ViT trained with LoRA on 300
-# committed digit images, merged, exported to Core ML, verified), offline.
+# Main job on an embedded default: the quickstart (a small ViT pretrained on MNIST,
+# examples/quickstart-base/, fine-tuned with LoRA on 300 committed digit images, merged,
+# exported to Core ML, verified), offline.
 demo: setup
 	$(CARGO) build --release --quiet
 	./target/release/pipeline run examples/quickstart.toml

@@ -443,6 +443,10 @@ fn run_trains_on_ranks_and_launch_reaches_hosts_through_ssh() {
         .replace(
             "data = \"quickstart-data\"",
             &format!("data = {:?}", root.join("examples/quickstart-data")),
+        )
+        .replace(
+            "source = \"quickstart-base\"",
+            &format!("source = {:?}", root.join("examples/quickstart-base")),
         );
     let config = tmp.path().join("q.toml");
     fs::write(&config, text).unwrap();

@@ -23,12 +23,17 @@ fn root() -> PathBuf {
 fn config_in(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(root().join("examples/quickstart.toml")).unwrap();
     let data = root().join("examples/quickstart-data");
+    let base = root().join("examples/quickstart-base");
     let text = text
         .replace(
             "out = \"../runs/quickstart\"",
             &format!("out = {:?}", dir.join("run")),
         )
-        .replace("data = \"quickstart-data\"", &format!("data = {data:?}"));
+        .replace("data = \"quickstart-data\"", &format!("data = {data:?}"))
+        .replace(
+            "source = \"quickstart-base\"",
+            &format!("source = {base:?}"),
+        );
     let p = dir.join("quickstart.toml");
     std::fs::write(&p, text).unwrap();
     p
@@ -186,15 +191,19 @@ fn config_errors_are_clear() {
         "unknown.toml",
         text.replace("mode = \"lora\"", "mode = \"lora\"\nlearning_rate = 1"),
     );
+    // The line after `mode = "lora"`, 1-based.
+    let line = 2 + text
+        .lines()
+        .position(|l| l.starts_with("mode = \"lora\""))
+        .unwrap();
     let (ok, _, err) = run(&[unknown.to_str().unwrap()]);
     assert!(
-        !ok && err.contains("unknown field `learning_rate`") && err.contains("line 15"),
+        !ok && err.contains("unknown field `learning_rate`")
+            && err.contains(&format!("line {line}")),
         "{err}"
     );
-    let wrong_type = write(
-        "type.toml",
-        text.replace("epochs = 12", "epochs = \"many\""),
-    );
+    let epochs = text.lines().find(|l| l.starts_with("epochs = ")).unwrap();
+    let wrong_type = write("type.toml", text.replace(epochs, "epochs = \"many\""));
     let (ok, _, err) = run(&[wrong_type.to_str().unwrap()]);
     assert!(
         !ok && err.contains("epochs") && err.contains("type.toml"),
