@@ -56,6 +56,50 @@ fn status_of(stdout: &str, stage: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The quickstart exactly as shipped (pretrained base, its own epochs, the random-init
+/// baseline): the validation top-1 the README promises, and a summary that shows it
+/// with its pictures.
+#[test]
+fn quickstart_as_shipped_reaches_its_target_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_in(tmp.path());
+    let (ok, out, err) = run(&[cfg.to_str().unwrap(), "--quiet"]);
+    assert!(ok, "{out}{err}");
+    assert!(status_of(&out, "baseline").starts_with("done"), "{out}");
+    let run_dir = tmp.path().join("run");
+    let top1 = |p: &str| -> f64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join(p)).unwrap()).unwrap();
+        v["final_eval"]["top1"].as_f64().unwrap()
+    };
+    let ours = top1("train/summary.json");
+    let random = top1("baseline/train/summary.json");
+    println!("quickstart: val top-1 {ours:.3} from the base, {random:.3} from random init");
+    assert!(ours >= 0.80, "val top-1 {ours}");
+    assert!(ours > random + 0.2, "{ours} vs random init {random}");
+
+    let md = std::fs::read_to_string(run_dir.join("summary.md")).unwrap();
+    for want in [
+        "## Key numbers",
+        &format!(
+            "| validation top-1 (MLX, this run) | {:.1}% |",
+            100.0 * ours
+        ),
+        &format!(
+            "| validation top-1, same recipe from preset:vit-micro8 | {:.1}% |",
+            100.0 * random
+        ),
+        "![Training curves",
+        "(train/curves.png)",
+        "(train/curves.svg)",
+    ] {
+        assert!(md.contains(want), "no {want:?} in\n{md}");
+    }
+    let svg = std::fs::read_to_string(run_dir.join("train/curves.svg")).unwrap();
+    assert!(svg.contains("Training curves: run (LoRA r8)"), "{svg}");
+    assert!(svg.contains("best checkpoint (step"));
+}
+
 #[test]
 fn quickstart_end_to_end_then_cached_then_partial_redo() {
     let tmp = tempfile::tempdir().unwrap();
@@ -72,6 +116,7 @@ fn quickstart_end_to_end_then_cached_then_partial_redo() {
         "model/model.json",
         "train/adapters/adapters.safetensors",
         "train/curves.png",
+        "train/curves.svg",
         "merged/model.json",
         "model.mlpackage/Manifest.json",
         "verify.json",
