@@ -99,25 +99,50 @@ impl Lanes {
     /// Evaluates each lane's groups in order, lanes concurrently. A group's arrays are
     /// evaluated together (its loss and gradients), so a lane holds one part's activations
     /// at a time.
+    ///
+    /// The lanes only evaluate: every array handed to them comes back and is dropped on
+    /// the caller's thread once all lanes have joined. MLX's array destructor inspects
+    /// and rewires shared graph nodes (siblings of multi-output ops, compiled tapes)
+    /// without locks, so arrays of one step must not be released by several threads at
+    /// once.
     pub fn eval(&self, lanes: Vec<Vec<Vec<Array>>>) -> Result<(), Exception> {
         let _blas = BlasThreads::one();
-        std::thread::scope(|scope| {
+        let mut keep: Vec<Vec<Vec<Array>>> = Vec::with_capacity(lanes.len());
+        let result = std::thread::scope(|scope| {
             let handles: Vec<_> = lanes
                 .into_iter()
                 .map(|groups| {
-                    scope.spawn(move || -> Result<(), Exception> {
-                        for group in groups {
-                            mlx_rs::transforms::eval(group.iter())?;
+                    scope.spawn(move || {
+                        let mut r = Ok(());
+                        for group in &groups {
+                            r = mlx_rs::transforms::eval(group.iter());
+                            if r.is_err() {
+                                break;
+                            }
                         }
-                        Ok(())
+                        (groups, r)
                     })
                 })
                 .collect();
-            handles.into_iter().try_for_each(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Exception::custom("a training lane panicked")))
-            })
-        })
+            let mut first = Ok(());
+            for h in handles {
+                match h.join() {
+                    Ok((groups, r)) => {
+                        keep.push(groups);
+                        if first.is_ok() {
+                            first = r;
+                        }
+                    }
+                    Err(_) if first.is_ok() => {
+                        first = Err(Exception::custom("a training lane panicked"));
+                    }
+                    Err(_) => {}
+                }
+            }
+            first
+        });
+        drop(keep);
+        result
     }
 }
 
