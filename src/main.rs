@@ -448,7 +448,12 @@ struct ExportArgs {
     layout: String,
     /// Batch sizes a multiArray input accepts, e.g. `1,8,16` (Core ML's enumerated
     /// shapes; needs `--input array` and logits or features output).
-    #[arg(long, value_name = "N,N,...", value_delimiter = ',', default_value = "1")]
+    #[arg(
+        long,
+        value_name = "N,N,...",
+        value_delimiter = ',',
+        default_value = "1"
+    )]
     batch: Vec<usize>,
 }
 

@@ -209,6 +209,7 @@ fn everything() -> RawRun {
         batches: Some(vec![RawBatch {
             batch_size: 1,
             calls_ms: Some(vec![1.0]),
+            stacked: Some(true),
             error: Some("e".into()),
         }]),
         compute_plan: Some(RawPlan {

@@ -54,6 +54,9 @@ pub struct RawBatch {
     pub batch_size: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calls_ms: Option<Vec<f64>>,
+    /// One prediction on a stacked `[batch_size, ...]` input (enumerated shapes) per call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacked: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

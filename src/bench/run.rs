@@ -117,6 +117,35 @@ pub fn coreml_bench_args(package: &Path, json: &Path, opts: &BenchOptions) -> Ve
 
 /// Benchmarks `package` with `coreml-bench` (macOS only), then reads the report and
 /// writes its chart next to it.
+/// `opts` with the batch sizes a package was exported for (`export --batch`, recorded in
+/// its metadata) added, so the harness times the stacked batches an app would send.
+pub fn with_package_batches(package: &Path, opts: &BenchOptions) -> BenchOptions {
+    let mut o = opts.clone();
+    let listed = crate::coreml::interp::Package::open(package)
+        .ok()
+        .and_then(|p| {
+            p.model
+                .description
+                .as_ref()?
+                .metadata
+                .as_ref()?
+                .user_defined
+                .get(crate::coreml::export::BATCH_SIZES_KEY)
+                .cloned()
+        })
+        .unwrap_or_default();
+    for b in listed
+        .split(',')
+        .filter_map(|b| b.trim().parse::<u32>().ok())
+    {
+        if !o.batch_sizes.contains(&b) {
+            o.batch_sizes.push(b);
+        }
+    }
+    o.batch_sizes.sort_unstable();
+    o
+}
+
 pub fn bench_package(package: &Path, opts: &BenchOptions) -> Result<BenchOutcome, BenchError> {
     opts.check()?;
     if !cfg!(target_os = "macos") {
@@ -138,6 +167,7 @@ pub fn bench_package(package: &Path, opts: &BenchOptions) -> Result<BenchOutcome
         .unwrap_or_else(|| default_json_path(package));
     // The harness writes raw measurements; the report is computed here from them.
     let raw = raw_path_for(&json);
+    let opts = &with_package_batches(package, opts);
     run(Command::new(&exe).args(coreml_bench_args(package, &raw, opts)))?;
     let reference = opts
         .reference

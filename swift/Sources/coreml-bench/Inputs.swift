@@ -15,6 +15,27 @@ struct Inputs {
         examples[index % examples.count]
     }
 
+    /// `size` examples stacked on the batch axis of the model's one multiArray input, when
+    /// its enumerated shapes list that batch; nil otherwise.
+    func stacked(for model: MLModel, size: Int) throws -> MLFeatureProvider? {
+        let inputs = model.modelDescription.inputDescriptionsByName
+        guard inputs.count == 1, let first = inputs.first,
+              let constraint = first.value.multiArrayConstraint,
+              constraint.shapeConstraint.type == .enumerated,
+              let shape = constraint.shapeConstraint.enumeratedShapes.first(where: { $0.first?.intValue == size })
+        else { return nil }
+        let name = first.key
+        let array = try MLMultiArray(shape: shape, dataType: constraint.dataType)
+        let per = array.count / size
+        for i in 0..<size {
+            guard let one = example(i).featureValue(for: name)?.multiArrayValue, one.count == per else {
+                return nil
+            }
+            for j in 0..<per { array[i * per + j] = one[j] }
+        }
+        return try MLDictionaryFeatureProvider(dictionary: [name: MLFeatureValue(multiArray: array)])
+    }
+
     init(for model: MLModel, options: Options, reference: ReferenceFile?) throws {
         let descriptions = model.modelDescription.inputDescriptionsByName.values.sorted { $0.name < $1.name }
         func provider(_ value: (MLFeatureDescription) throws -> MLFeatureValue) throws -> MLFeatureProvider {

@@ -104,9 +104,10 @@ struct LoadTimes: Codable {
 struct RawBatch: Codable {
     var batchSize: Int
     var callsMilliseconds: [Double]?
+    var stacked: Bool?
     var error: String?
     enum CodingKeys: String, CodingKey {
-        case error, batchSize = "batch_size", callsMilliseconds = "calls_ms"
+        case error, stacked, batchSize = "batch_size", callsMilliseconds = "calls_ms"
     }
 }
 
