@@ -58,24 +58,8 @@ impl Emitter<'_, '_, '_> {
     /// Patch embedding, prefix tokens and positions as `[1, D, 1, T]`.
     fn ane_embeddings(&mut self, x: &Var, flexible_batch: bool) -> Result<Var, EmitError> {
         let cfg = self.cfg;
-        let (d, ps, n, r) = (
-            cfg.hidden_size,
-            cfg.patch_size,
-            cfg.num_patches(),
-            cfg.num_register_tokens,
-        );
-        let w = self.weight("patch_embed.weight", None)?;
-        let bias = self.weight("patch_embed.bias", None)?;
-        let conv = self.b.conv2d(
-            "patch_embed",
-            x,
-            &w,
-            &bias,
-            [ps, ps],
-            ConvPad::Valid,
-            [1, 1],
-            1,
-        )?;
+        let (d, n, r) = (cfg.hidden_size, cfg.num_patches(), cfg.num_register_tokens);
+        let conv = self.patch_conv(x)?;
         // [1, D, g, g] -> [1, D, 1, N]: row-major patches, as the standard layout's order.
         let patches = self.b.reshape("patch_embed_seq", &conv, &[1, d, 1, n])?;
         let prefix = cfg.pos_embed_prefix;
@@ -84,14 +68,7 @@ impl Emitter<'_, '_, '_> {
         let pos = self.constant("pos_embed_patches", &[1, d, 1, n], &pos)?;
         let patches = self.b.add("patch_embed_pos", &patches, &pos)?;
 
-        let mut lead = self.values("cls_token")?;
-        if r > 0 {
-            lead.extend(self.values("reg_tokens")?);
-        }
-        for (v, p) in lead.iter_mut().zip(&pos_all[..prefix * d]) {
-            *v += p;
-        }
-        let lead = transposed(&lead, 1 + r, d);
+        let lead = transposed(&self.prefix_token_values()?, 1 + r, d);
         let lead = self.constant("prefix_tokens", &[1, d, 1, 1 + r], &lead)?;
         let lead = if flexible_batch {
             self.batched_like("prefix_tokens", &patches, &lead, 3)?

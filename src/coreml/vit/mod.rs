@@ -533,25 +533,9 @@ impl<'s> Emitter<'_, '_, 's> {
     /// Patch embedding, class/register tokens and position embeddings -> `[1, T, D]`.
     fn embeddings(&mut self, x: &Var, flexible_batch: bool) -> Result<Var, EmitError> {
         let cfg = self.cfg;
-        let (d, ps, g, n) = (
-            cfg.hidden_size,
-            cfg.patch_size,
-            cfg.grid(),
-            cfg.num_patches(),
-        );
+        let (d, g, n) = (cfg.hidden_size, cfg.grid(), cfg.num_patches());
         let r = cfg.num_register_tokens;
-        let w = self.weight("patch_embed.weight", None)?;
-        let bias = self.weight("patch_embed.bias", None)?;
-        let conv = self.b.conv2d(
-            "patch_embed",
-            x,
-            &w,
-            &bias,
-            [ps, ps],
-            ConvPad::Valid,
-            [1, 1],
-            1,
-        )?;
+        let conv = self.patch_conv(x)?;
         let flat = self.b.reshape("patch_embed_flat", &conv, &[1, d, g * g])?;
         let patches = self.b.transpose("patch_embed_tokens", &flat, &[0, 2, 1])?;
 
@@ -565,16 +549,7 @@ impl<'s> Emitter<'_, '_, 's> {
             .const_float("pos_embed_patches", self.dt, &[1, n, d], patch_pos)?;
         let patches = self.b.add("patch_embed_pos", &patches, &pos)?;
 
-        // Class and register tokens with their position rows (if any) added here, in
-        // f32, once: they do not depend on the input.
-        let pos_prefix = crate::checkpoint::le_f32(&pos_bytes[..prefix * d * 4]);
-        let mut lead = self.values("cls_token")?;
-        if r > 0 {
-            lead.extend(self.values("reg_tokens")?);
-        }
-        for (v, p) in lead.iter_mut().zip(&pos_prefix) {
-            *v += p;
-        }
+        let lead = self.prefix_token_values()?;
         let lead = self.constant("prefix_tokens", &[1, 1 + r, d], &lead)?;
         let lead = if flexible_batch {
             self.batched_like("prefix_tokens", &patches, &lead, 1)?
@@ -582,6 +557,41 @@ impl<'s> Emitter<'_, '_, 's> {
             lead
         };
         Ok(self.b.concat("embed_tokens", &[&lead, &patches], 1)?)
+    }
+
+    /// The patch-embedding convolution: `[1, C, H, W]` -> `[1, D, g, g]`.
+    fn patch_conv(&mut self, x: &Var) -> Result<Var, EmitError> {
+        let ps = self.cfg.patch_size;
+        let w = self.weight("patch_embed.weight", None)?;
+        let bias = self.weight("patch_embed.bias", None)?;
+        Ok(self.b.conv2d(
+            "patch_embed",
+            x,
+            &w,
+            &bias,
+            [ps, ps],
+            ConvPad::Valid,
+            [1, 1],
+            1,
+        )?)
+    }
+
+    /// The class and register tokens `[1 + r, D]` with their position rows (if any)
+    /// added, in f32, once: they do not depend on the input.
+    fn prefix_token_values(&self) -> Result<Vec<f32>, EmitError> {
+        let cfg = self.cfg;
+        let pos = self.values("pos_embed")?;
+        let mut lead = self.values("cls_token")?;
+        if cfg.num_register_tokens > 0 {
+            lead.extend(self.values("reg_tokens")?);
+        }
+        for (v, p) in lead
+            .iter_mut()
+            .zip(&pos[..cfg.pos_embed_prefix * cfg.hidden_size])
+        {
+            *v += p;
+        }
+        Ok(lead)
     }
 
     /// `constant` (batch 1) added onto zeros of `like`'s batch: the first
