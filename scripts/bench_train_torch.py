@@ -15,10 +15,17 @@ trained; mode full trains everything. AdamW, cross entropy.
 
 bfloat16 is torch.autocast over forward and loss with float32 weights: the usual PyTorch
 mixed precision, the counterpart of the float32 masters in the MLX script.
+
+Under torchrun (WORLD_SIZE > 1) every process takes one GPU (LOCAL_RANK), the model is
+wrapped in DistributedDataParallel over NCCL, the batch is per GPU, and rank 0 prints
+images/s of all GPUs together (world_size in the record):
+
+    torchrun --nproc_per_node 2 scripts/bench_train_torch.py --configs ...
 """
 import argparse
 import gc
 import json
+import os
 import time
 
 import torch
@@ -109,6 +116,10 @@ def time_steps(c, device):
                 lin.lora_b.requires_grad_(True)
         model.head.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
+    if torch.distributed.is_initialized():
+        # Gradients all-reduced over NCCL in DDP's buckets, overlapped with backward.
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     # The fused CUDA AdamW updates every tensor in a few kernels instead of several
     # per tensor; it is what a user who cares for speed turns on.
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=device.type == "cuda")
@@ -170,7 +181,16 @@ def main():
     configs = parse_configs(a.configs)
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     torch.backends.cudnn.allow_tf32 = a.tf32
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     device = torch.device(a.device)
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if a.device == "cuda":
+            torch.cuda.set_device(local)
+            device = torch.device("cuda", local)
+        # NCCL between GPUs; gloo lets the same code be tried on CPUs.
+        torch.distributed.init_process_group("nccl" if a.device == "cuda" else "gloo")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device visible to PyTorch")
@@ -181,10 +201,10 @@ def main():
     for cfg in configs:
         rec = {"framework": "pytorch", "name": cfg["name"], "batch": cfg["batch"],
                "mode": cfg["mode"], "precision": cfg["precision"], "device": device_name,
-               "tf32": a.tf32}
+               "tf32": a.tf32, "world_size": world}
         try:
             ms = time_steps(argparse.Namespace(**{**vars(a), **cfg}), device)
-            rec.update(ms_per_step=ms, images_per_second=cfg["batch"] * 1000 / ms)
+            rec.update(ms_per_step=ms, images_per_second=world * cfg["batch"] * 1000 / ms)
         except Exception as e:  # out of memory, say: report it and go on with the next
             rec["error"] = f"{type(e).__name__}: {e}"
         rec["torch_version"] = torch.__version__
@@ -194,7 +214,10 @@ def main():
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        print(json.dumps(rec), flush=True)
+        if rank == 0:
+            print(json.dumps(rec), flush=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

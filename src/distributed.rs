@@ -106,6 +106,9 @@ pub struct Group {
     timeout: Duration,
     /// Ranks on this host, including this one: they share its CPU cores.
     local_ranks: usize,
+    /// A joined group of one still runs every collective (`PIPELINE_DIST_COLLECTIVES_ON_ONE=1`):
+    /// how the NCCL path is exercised on a machine with one GPU.
+    collectives_on_one: bool,
 }
 
 impl Drop for Group {
@@ -127,6 +130,7 @@ impl Group {
             backend: Backend::Any,
             timeout: DEFAULT_TIMEOUT,
             local_ranks: 1,
+            collectives_on_one: false,
         }
     }
 
@@ -183,6 +187,8 @@ impl Group {
             )
         };
         group.raw = Some(raw);
+        group.collectives_on_one =
+            std::env::var("PIPELINE_DIST_COLLECTIVES_ON_ONE").is_ok_and(|v| v == "1");
         group.rank = rank.max(0) as usize;
         group.size = size.max(1) as usize;
         group.local_ranks = local_ranks(group.rank, group.size);
@@ -197,8 +203,10 @@ impl Group {
         self.size
     }
 
+    /// Whether training takes the collective path (sharding, all-reduce, reduced
+    /// evaluation): a group of two or more, or a joined group of one asked to.
     pub fn is_distributed(&self) -> bool {
-        self.size > 1
+        self.size > 1 || (self.raw.is_some() && self.collectives_on_one)
     }
 
     pub fn backend(&self) -> Backend {
