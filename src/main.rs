@@ -123,6 +123,13 @@ enum Command {
         /// JSON on stdout instead of the table.
         #[arg(long)]
         json: bool,
+        /// Where a package runs: `interp` (our interpreter, any platform) or `coreml`
+        /// (Core ML itself; macOS, built with `--features coreml`).
+        #[arg(long, value_enum, default_value = "interp")]
+        runtime: Runtime,
+        /// The compute-unit setting for `--runtime coreml`: cpu, gpu, ane or all.
+        #[arg(long, default_value = "all")]
+        compute_units: String,
     },
     /// Fine-tune a checkpoint with LoRA (default) or fully, on an image folder, CSV or JSON list.
     #[cfg(feature = "mlx")]
@@ -777,6 +784,8 @@ fn run(cli: Cli) -> Result<()> {
             mut images,
             top_k,
             json,
+            runtime,
+            compute_units,
         } => {
             let predictor = match (model, package) {
                 (Some(m), _) => lib::predict::Predictor::Model(m),
@@ -788,7 +797,20 @@ fn run(cli: Cli) -> Result<()> {
                     "predict needs --model DIR (a checkpoint) or a PKG.mlpackage before the images"
                 ),
             };
-            let r = lib::predict::predict(&predictor, &images, top_k).context("predicting")?;
+            let on = match runtime {
+                Runtime::Interp => lib::predict::PackageRuntime::Interpreter,
+                Runtime::Coreml => {
+                    let units = lib::coreml_runtime::parse_units(&compute_units)?;
+                    match units.as_slice() {
+                        [u] => lib::predict::PackageRuntime::CoreMl(*u),
+                        _ => anyhow::bail!(
+                            "--compute-units: one setting for predict (cpu, gpu, ane or all)"
+                        ),
+                    }
+                }
+            };
+            let r =
+                lib::predict::predict_on(&predictor, &images, top_k, on).context("predicting")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -43,6 +43,18 @@ pub enum PredictError {
     Mlx(#[from] mlx_rs::error::Exception),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    CoreMl(#[from] crate::coreml_runtime::CoreMlError),
+}
+
+/// Where a package runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PackageRuntime {
+    /// Our interpreter of the package's program (any platform).
+    #[default]
+    Interpreter,
+    /// Core ML itself with this compute-unit setting (macOS, `coreml` feature).
+    CoreMl(crate::bench::ComputeUnits),
 }
 
 /// What predicts.
@@ -113,12 +125,27 @@ pub fn predict(
     images: &[PathBuf],
     k: usize,
 ) -> Result<PredictReport, PredictError> {
+    predict_on(predictor, images, k, PackageRuntime::Interpreter)
+}
+
+/// [`predict`], a package run where `runtime` says.
+pub fn predict_on(
+    predictor: &Predictor,
+    images: &[PathBuf],
+    k: usize,
+    runtime: PackageRuntime,
+) -> Result<PredictReport, PredictError> {
     if images.is_empty() {
         return Err(PredictError::NoImages);
     }
-    match predictor {
-        Predictor::Model(dir) => with_model(dir, images, k),
-        Predictor::Package(pkg) => with_package(pkg, images, k),
+    match (predictor, runtime) {
+        (Predictor::Model(dir), _) => with_model(dir, images, k),
+        (Predictor::Package(pkg), PackageRuntime::Interpreter) => with_package(pkg, images, k),
+        (Predictor::Package(pkg), PackageRuntime::CoreMl(units)) => {
+            // Before any image is read: off macOS this says so at once.
+            crate::coreml_runtime::check_supported()?;
+            with_core_ml(pkg, images, k, units)
+        }
     }
 }
 
@@ -290,6 +317,79 @@ fn with_package(path: &Path, images: &[PathBuf], k: usize) -> Result<PredictRepo
     Ok(PredictReport {
         source: path.to_path_buf(),
         runtime: "interpreter".into(),
+        classes,
+        predictions,
+    })
+}
+
+/// The images through Core ML on `units`, prepared as for the interpreter and stacked.
+fn with_core_ml(
+    path: &Path,
+    images: &[PathBuf],
+    k: usize,
+    units: crate::bench::ComputeUnits,
+) -> Result<PredictReport, PredictError> {
+    let pkg = Package::open(path)?;
+    let bad = |msg: String| PredictError::Package {
+        package: path.to_path_buf(),
+        msg,
+    };
+    let scores = scores_output(&pkg, path)?;
+    let (input, ty) = pkg
+        .inputs()?
+        .first()
+        .cloned()
+        .ok_or_else(|| bad("the package has no input".into()))?;
+    let size = ty.shape.last().copied().unwrap_or(0);
+    let pre = package_preprocess(&pkg).ok_or_else(|| {
+        bad(format!(
+            "no `{}` in its metadata",
+            crate::coreml::export::PREPROCESS_KEY
+        ))
+    })?;
+    let mut data = Vec::new();
+    for p in images {
+        data.extend(package_input(p, &pre, size, input == "image")?.data);
+    }
+    let x = Tensor::new(vec![images.len(), 3, size, size], data).expect("stacked images");
+    let runs = crate::coreml_runtime::run_units(path, &[(input, x)], &[units])?;
+    let run = runs
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("no run".into()))?;
+    if let Some(e) = run.error {
+        return Err(bad(format!("Core ML ({units}): {e}")));
+    }
+    let labels = pkg.class_labels()?;
+    let (name, logits) = match &scores {
+        Scores::Probabilities(n) => (n, false),
+        Scores::Logits(n) => (n, true),
+    };
+    let values = run
+        .outputs
+        .get(name)
+        .ok_or_else(|| bad(format!("Core ML gave no `{name}`")))?;
+    let classes = values.len() / images.len().max(1);
+    let names = names_or_numbers(labels, classes);
+    let predictions = images
+        .iter()
+        .zip(values.chunks(classes.max(1)))
+        .map(|(p, row)| Prediction {
+            image: p.clone(),
+            top: top_k(
+                &if logits {
+                    softmax(row)
+                } else {
+                    row.iter().map(|v| f64::from(*v)).collect()
+                },
+                &names,
+                k,
+            ),
+        })
+        .collect();
+    Ok(PredictReport {
+        source: path.to_path_buf(),
+        runtime: format!("core ml ({units})"),
         classes,
         predictions,
     })

@@ -214,4 +214,16 @@ fn predict_errors_name_the_problem() {
 
     let err = fails(&[img.as_os_str()]);
     assert!(err.contains("--model DIR"), "{err}");
+
+    // Core ML itself is for macOS; elsewhere it says so before reading any image.
+    if !cfg!(target_os = "macos") {
+        let missing = tmp.path().join("missing.png");
+        let err = fails(&[
+            pkg.as_os_str(),
+            missing.as_os_str(),
+            OsStr::new("--runtime"),
+            OsStr::new("coreml"),
+        ]);
+        assert!(err.contains("macOS"), "{err}");
+    }
 }
