@@ -38,6 +38,9 @@ pub fn nice(lo: f64, hi: f64, target: usize) -> (Vec<f64>, f64) {
 pub fn label(v: f64, step: f64) -> String {
     let v = if v.abs() < step * 1e-6 { 0.0 } else { v };
     let step_exp = step.abs().log10().floor() as i32;
+    if v == 0.0 && step < 1e-3 {
+        return "0".into();
+    }
     if v != 0.0 && (step < 1e-3 || v.abs() >= 1e6) {
         let v_exp = v.abs().log10().floor() as i32;
         let digits = (v_exp - step_exp).clamp(0, 4) as usize;
@@ -64,9 +67,10 @@ mod tests {
         let (t, s) = nice(0.0, 2.31, 5);
         assert_eq!(s, 0.5);
         assert_eq!(t, vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5]);
+        // 0.55 over 5 intervals is 0.11: the next round step is 0.2.
         let (t, s) = nice(0.37, 0.92, 5);
-        assert_eq!(s, 0.1);
-        assert!((t[0] - 0.3).abs() < 1e-12 && (t.last().unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(s, 0.2);
+        assert!((t[0] - 0.2).abs() < 1e-12 && (t.last().unwrap() - 1.0).abs() < 1e-12);
         let (t, _) = nice(5.0, 5.0, 5);
         assert!(t.len() >= 2 && t[0] <= 5.0 && *t.last().unwrap() >= 5.0);
     }
