@@ -260,12 +260,27 @@ fn package_input(
     Ok(Tensor::new(vec![1, 3, size, size], data).expect("shape matches the data"))
 }
 
-fn with_package(path: &Path, images: &[PathBuf], k: usize) -> Result<PredictReport, PredictError> {
-    let pkg = Package::open(path)?;
-    let bad = |msg: String| PredictError::Package {
+/// A package opened for predictions: how it scores classes, its input and how images
+/// are prepared for it.
+struct Opened {
+    pkg: Package,
+    scores: Scores,
+    input: String,
+    size: usize,
+    image_input: bool,
+    pre: Preprocess,
+}
+
+fn bad_package(path: &Path) -> impl Fn(String) -> PredictError + '_ {
+    move |msg| PredictError::Package {
         package: path.to_path_buf(),
         msg,
-    };
+    }
+}
+
+fn open_package(path: &Path) -> Result<Opened, PredictError> {
+    let pkg = Package::open(path)?;
+    let bad = bad_package(path);
     let scores = scores_output(&pkg, path)?;
     let (input, ty) = pkg
         .inputs()?
@@ -278,14 +293,32 @@ fn with_package(path: &Path, images: &[PathBuf], k: usize) -> Result<PredictRepo
             ty.shape
         )));
     }
-    let size = ty.shape[3];
-    let image_input = input == "image";
     let pre = package_preprocess(&pkg).ok_or_else(|| {
         bad(format!(
             "no `{}` in its metadata (exported by an older version): export it again",
             crate::coreml::export::PREPROCESS_KEY
         ))
     })?;
+    Ok(Opened {
+        size: ty.shape[3],
+        image_input: input == "image",
+        pkg,
+        scores,
+        input,
+        pre,
+    })
+}
+
+fn with_package(path: &Path, images: &[PathBuf], k: usize) -> Result<PredictReport, PredictError> {
+    let Opened {
+        pkg,
+        scores,
+        input,
+        size,
+        image_input,
+        pre,
+    } = open_package(path)?;
+    let bad = bad_package(path);
     let labels = pkg.class_labels()?;
     let mut predictions = Vec::with_capacity(images.len());
     let mut classes = 0;
@@ -329,30 +362,15 @@ fn with_core_ml(
     k: usize,
     units: crate::bench::ComputeUnits,
 ) -> Result<PredictReport, PredictError> {
-    let pkg = Package::open(path)?;
-    let bad = |msg: String| PredictError::Package {
-        package: path.to_path_buf(),
-        msg,
-    };
-    let scores = scores_output(&pkg, path)?;
-    let (input, ty) = pkg
-        .inputs()?
-        .first()
-        .cloned()
-        .ok_or_else(|| bad("the package has no input".into()))?;
-    let size = ty.shape.last().copied().unwrap_or(0);
-    let pre = package_preprocess(&pkg).ok_or_else(|| {
-        bad(format!(
-            "no `{}` in its metadata",
-            crate::coreml::export::PREPROCESS_KEY
-        ))
-    })?;
+    let o = open_package(path)?;
+    let bad = bad_package(path);
     let mut data = Vec::new();
     for p in images {
-        data.extend(package_input(p, &pre, size, input == "image")?.data);
+        data.extend(package_input(p, &o.pre, o.size, o.image_input)?.data);
     }
-    let x = Tensor::new(vec![images.len(), 3, size, size], data).expect("stacked images");
-    let runs = crate::coreml_runtime::run_units(path, &[(input, x)], &[units])?;
+    let x = Tensor::new(vec![images.len(), 3, o.size, o.size], data).expect("stacked images");
+    let runs = crate::coreml_runtime::run_units(path, &[(o.input.clone(), x)], &[units])?;
+    let (pkg, scores) = (o.pkg, o.scores);
     let run = runs
         .into_iter()
         .next()
