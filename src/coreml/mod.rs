@@ -6,6 +6,7 @@ pub mod ane_report;
 pub mod blob;
 pub mod compress;
 pub mod export;
+mod metadata;
 pub mod mil;
 pub mod package;
 pub mod proto;
