@@ -99,8 +99,9 @@ fn round_f16(t: &mut Tensor) {
 }
 
 impl Package {
-    /// Reads `Manifest.json` (root model entry), the model spec and the weight file.
-    pub fn open(path: &Path) -> Result<Package, InterpError> {
+    /// The model spec alone (`Manifest.json`'s root entry), without the weights: what a
+    /// caller that only reads the description or metadata needs.
+    pub fn read_spec(path: &Path) -> Result<spec::Model, InterpError> {
         let perr = |msg: String| InterpError::Package {
             path: path.to_path_buf(),
             msg,
@@ -125,8 +126,16 @@ impl Package {
             })?;
         let model_path = path.join("Data").join(rel);
         let bytes = fs::read(&model_path).map_err(io(&model_path))?;
-        let model = spec::Model::decode(bytes.as_slice())
-            .map_err(|e| perr(format!("model.mlmodel: {e}")))?;
+        spec::Model::decode(bytes.as_slice()).map_err(|e| perr(format!("model.mlmodel: {e}")))
+    }
+
+    /// Reads `Manifest.json` (root model entry), the model spec and the weight file.
+    pub fn open(path: &Path) -> Result<Package, InterpError> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| InterpError::Io { path: p, source }
+        };
+        let model = Self::read_spec(path)?;
         let wpath = PackagePaths::new(path).weight_file();
         let weights = if wpath.exists() {
             fs::read(&wpath).map_err(io(&wpath))?
