@@ -44,6 +44,21 @@ pub fn eval_transform(img: &RgbImage, resize_shorter: usize, size: usize) -> Rgb
     image::imageops::crop_imm(&resized, x, y, size as u32, size as u32).to_image()
 }
 
+/// Appends `[3, H, W]` planes of an RGB image's 0..255 values to `out` (what an
+/// image-input package takes; its program normalises them).
+pub fn planes_into(img: &RgbImage, out: &mut Vec<f32>) {
+    let (w, h) = img.dimensions();
+    let n = (w * h) as usize;
+    let start = out.len();
+    out.resize(start + 3 * n, 0.0);
+    let planes = &mut out[start..];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            planes[c * n + i] = f32::from(px[c]);
+        }
+    }
+}
+
 /// Appends `[3, H, W]` normalised planes of an RGB image to `out`.
 pub fn normalise_into(img: &RgbImage, pre: &Preprocess, out: &mut Vec<f32>) {
     let (w, h) = img.dimensions();

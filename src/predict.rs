@@ -243,20 +243,12 @@ fn package_input(
     image_input: bool,
 ) -> Result<Tensor, PredictError> {
     let img = imaging::eval_transform(&imaging::load_rgb(path)?, pre.resize_shorter, size);
-    let data = if image_input {
-        let n = size * size;
-        let mut raw = vec![0.0; 3 * n];
-        for (i, px) in img.pixels().enumerate() {
-            for ch in 0..3 {
-                raw[ch * n + i] = f32::from(px[ch]);
-            }
-        }
-        raw
+    let mut data = Vec::with_capacity(3 * size * size);
+    if image_input {
+        imaging::planes_into(&img, &mut data);
     } else {
-        let mut v = Vec::with_capacity(3 * size * size);
-        imaging::normalise_into(&img, pre, &mut v);
-        v
-    };
+        imaging::normalise_into(&img, pre, &mut data);
+    }
     Ok(Tensor::new(vec![1, 3, size, size], data).expect("shape matches the data"))
 }
 

@@ -175,14 +175,7 @@ fn image_inputs(
     for p in paths {
         let img =
             imaging::eval_transform(&imaging::load_rgb(p)?, c.preprocess.resize_shorter, size);
-        let n = size * size;
-        let start = raw.len();
-        raw.resize(start + 3 * n, 0.0);
-        for (i, px) in img.pixels().enumerate() {
-            for ch in 0..3 {
-                raw[start + ch * n + i] = f32::from(px[ch]);
-            }
-        }
+        imaging::planes_into(&img, &mut raw);
     }
     Ok(from_raw(raw, vec![paths.len(), 3, size, size], c))
 }
