@@ -5,7 +5,11 @@
 //! three side by side.
 //!
 //! `bench_gpu --configs vit-ti16:64:lora:float32,vit-b16:256:full:bfloat16 [--steps 10]
-//! [--warmup 3] [--device gpu|cpu]`
+//! [--warmup 3] [--device gpu|cpu] [--compile 0,1] [--phases]`
+//!
+//! `--compile` lists the variants to time each configuration with (the forward and
+//! backward pass compiled or not; default: the device's default); `--phases` adds the
+//! host's graph-building time and the forward and forward+backward passes alone.
 
 mod common;
 
@@ -41,7 +45,13 @@ fn parse(spec: &str) -> Result<Config, String> {
     })
 }
 
-fn run(c: &Config, steps: usize, warmup: usize) -> Result<f64, String> {
+fn run(
+    c: &Config,
+    steps: usize,
+    warmup: usize,
+    compile: bool,
+    phases: bool,
+) -> Result<common::StepTiming, String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/bench-gpu")
         .join(&c.preset);
@@ -70,11 +80,21 @@ fn run(c: &Config, steps: usize, warmup: usize) -> Result<f64, String> {
     vit.compute_dtype = c.precision.dtype();
     vit.cast_frozen().map_err(|e| e.to_string())?;
     let b = c.batch as i32;
-    let x = mlx_rs::random::normal::<f32>(&[b, 3, s, s], None, None, None)
+    // A fixed key: every variant of a configuration trains on the same pixels, so their
+    // first losses and gradient norms can be compared.
+    let key = mlx_rs::random::key(7).map_err(|e| e.to_string())?;
+    let x = mlx_rs::random::normal::<f32>(&[b, 3, s, s], None, None, &key)
         .map_err(|e| e.to_string())?;
     let labels: Vec<i32> = (0..b).map(|i| i % classes).collect();
     let y = Array::from_slice(&labels, &[b]);
-    common::mean_step_ms(&mut vit, &x, &y, warmup, steps, 1e-4).map_err(|e| e.to_string())
+    let timing = common::TimingRun {
+        warmup,
+        steps,
+        lr: 1e-4,
+        compile,
+        phases,
+    };
+    common::step_timing(&mut vit, &x, &y, &timing).map_err(|e| e.to_string())
 }
 
 fn main() {
@@ -99,27 +119,42 @@ fn main() {
     };
     let version = backend::mlx_version().unwrap_or_default();
     let specs = value("--configs").expect("--configs preset:batch:mode:precision,...");
+    let variants: Vec<bool> = match value("--compile") {
+        Some(v) => v.split(',').map(|s| s.trim() == "1").collect(),
+        None => vec![mlx_coreml_pipeline::train::compiled::default_on()],
+    };
+    let phases = args.iter().any(|a| a == "--phases");
     for spec in specs.split(',') {
-        let mut line = serde_json::json!({
-            "framework": "ours",
-            "name": spec,
-            "device": device_name,
-            "mlx_version": version,
-        });
-        match parse(spec).and_then(|c| {
-            line["name"] = c.preset.clone().into();
-            line["batch"] = c.batch.into();
-            line["mode"] = format!("{:?}", c.mode).to_lowercase().into();
-            line["precision"] = format!("{:?}", c.precision).to_lowercase().into();
-            run(&c, steps, warmup).map(|ms| (ms, c.batch))
-        }) {
-            Ok((ms, batch)) => {
-                line["ms_per_step"] = ms.into();
-                line["images_per_second"] = (batch as f64 * 1000.0 / ms).into();
+        for &compile in &variants {
+            let mut line = serde_json::json!({
+                "framework": "ours",
+                "name": spec,
+                "device": device_name,
+                "mlx_version": version,
+                "compiled": compile,
+            });
+            match parse(spec).and_then(|c| {
+                line["name"] = c.preset.clone().into();
+                line["batch"] = c.batch.into();
+                line["mode"] = format!("{:?}", c.mode).to_lowercase().into();
+                line["precision"] = format!("{:?}", c.precision).to_lowercase().into();
+                run(&c, steps, warmup, compile, phases).map(|t| (t, c.batch))
+            }) {
+                Ok((t, batch)) => {
+                    line["ms_per_step"] = t.step_ms.into();
+                    line["images_per_second"] = (batch as f64 * 1000.0 / t.step_ms).into();
+                    line["build_ms"] = t.build_ms.into();
+                    line["first_loss"] = t.first_loss.into();
+                    line["first_grad_norm"] = t.first_norm.into();
+                    if phases {
+                        line["fwd_bwd_ms"] = t.fwd_bwd_ms.into();
+                        line["fwd_ms"] = t.fwd_ms.into();
+                    }
+                }
+                Err(e) => line["error"] = e.into(),
             }
-            Err(e) => line["error"] = e.into(),
+            println!("{line}");
+            let _ = mlx_rs::memory::clear_cache();
         }
-        println!("{line}");
-        let _ = mlx_rs::memory::clear_cache();
     }
 }

@@ -16,65 +16,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 out=${1:-${OUT:-$root/target/bench-gpu-out}}
 mkdir -p "$out"
-bundle="$root/gpu-bundle"
-work="$root/target/gpu-work"
 steps=${BENCH_STEPS:-8}
 warmup=${BENCH_WARMUP:-10}
-log() { echo "bench-gpu: $*" >&2; }
-
-# 1. MLX's CUDA build, reassembled and checked, laid out as `setup.sh --cuda` does.
-cuda_home="$root/.mlx/mlx-cuda-13-0.32.2"
-if [ ! -f "$cuda_home/mlx/lib/libmlx.so" ]; then
-  mkdir -p "$work"
-  whl=$(basename "$(ls "$bundle"/1/*.part-00)" .part-00)
-  cat "$bundle"/*/"$whl".part-* > "$work/$whl"
-  (cd "$work" && sha256sum -c "$bundle/1/mlx_cuda_13.sha256" >/dev/null) \
-    || { log "reassembled $whl does not match its checksum"; exit 1; }
-  rm -rf "$cuda_home" && mkdir -p "$cuda_home"
-  python3 -m zipfile -e "$work/$whl" "$cuda_home"
-  rm -f "$work/$whl"
-fi
-# 2. The CPU build the binaries start on.
-cpu_home="$work/cpu"
-if [ ! -f "$cpu_home/mlx/lib/libmlx.so" ]; then
-  mkdir -p "$cpu_home"
-  python3 -m zipfile -e "$bundle"/1/mlx_cpu-*.whl "$cpu_home"
-fi
-# 3. Python MLX for this Python, on the CUDA build.
-py_home="$work/py"
-tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-if [ ! -d "$py_home/mlx" ]; then
-  mkdir -p "$py_home"
-  python3 -m zipfile -e "$bundle"/1/mlx-0.32.2-"$tag"-*.whl "$py_home"
-  # The CUDA build compiles kernels at run time against the headers it ships (CCCL),
-  # which it finds beside its library.
-  cp -r "$cuda_home/mlx/lib" "$cuda_home/mlx/include" "$py_home/mlx/"
-  cp -r "$cuda_home/mlx_cuda_13.libs" "$py_home/"
-fi
-nvidia_libs=$(python3 - <<'PY'
-import glob, os, site, sys
-dirs = []
-for sp in site.getsitepackages() + [site.getusersitepackages()]:
-    dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib")))
-print(":".join(dirs))
-PY
-)
-log "NVIDIA libraries: ${nvidia_libs:-none}"
-
-export PIPELINE_MLX_CUDA_LIB="$cuda_home/mlx/lib"
-# Sixteen configurations in one process outgrow MLX's default CUDA-graph cache (400), after
-# which it refuses to go on ("cache thrashing"); same setting for both MLX runs.
-export MLX_CUDA_GRAPH_CACHE_SIZE=${MLX_CUDA_GRAPH_CACHE_SIZE:-4000}
-bin="$bundle/2/bin"
-# The rpath of a build on this machine would point here; a copied binary is told.
-start() { LD_LIBRARY_PATH="$cpu_home/mlx/lib" "$@"; }
-
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  python3 --version
-  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' || true
-  start "$bin/pipeline" doctor
-} 2>&1 | tee "$out/machine.txt"
 
 models=${BENCH_MODELS:-"vit-ti16:192:12:3 vit-b16:768:12:12"}
 batches=${BENCH_BATCHES:-"64 256"}
@@ -92,22 +35,57 @@ for m in $models; do
 done
 ours=${ours#,}; py=${py#,}
 
-frameworks=${BENCH_FRAMEWORKS:-"ours mlx torch"}
+# ours: our step as the trainer runs it (compiled forward and backward pass, matrix-product
+# parameter gradients); ours-ablation: bf16 rows without those, one at a time; mlx: Python
+# MLX; torch: PyTorch eager (strict float32); torch-tf32: its float32 rows with TF32;
+# torch-compile: its bf16 rows through torch.compile. The PyTorch ones need no bundle, so a
+# first call that carries only gpu-bundle/1 can run them.
+log() { echo "$(basename "$0"): $*" >&2; }
+frameworks=${BENCH_FRAMEWORKS:-"ours ours-ablation mlx torch torch-tf32 torch-compile"}
 has() { case " $frameworks " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+only() { echo "$1" | tr , '\n' | grep ":$2\$" | paste -sd, -; }
+if has ours || has ours-ablation || has mlx; then
+  . "$root/scripts/gpu-env.sh"
+fi
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  python3 --version
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' || true
+  if has ours; then start "$bin/pipeline" doctor; fi
+} 2>&1 | tee -a "$out/machine.txt"
+
 if has ours; then
-log "ours"
-start "$bin/bench_gpu" --device gpu --steps "$steps" --warmup "$warmup" --configs "$ours" \
-  | tee "$out/ours.jsonl" || log "our run failed"
+  log "ours"
+  start "$bin/bench_gpu" --device gpu --steps "$steps" --warmup "$warmup" --configs "$ours" \
+    | tee "$out/ours.jsonl" || log "our run failed"
+fi
+if has ours-ablation; then
+  bf16=$(only "$ours" bfloat16)
+  log "ours, ablation (bf16): plain, then compiled without matrix-product gradients"
+  PIPELINE_COMPILE_STEP=0 PIPELINE_PARAM_GRADS=0 start "$bin/bench_gpu" --device gpu --steps "$steps" \
+    --warmup "$warmup" --configs "$bf16" | tee "$out/ours-plain.jsonl" || log "ablation failed"
+  PIPELINE_COMPILE_STEP=1 PIPELINE_PARAM_GRADS=0 start "$bin/bench_gpu" --device gpu --steps "$steps" \
+    --warmup "$warmup" --configs "$bf16" | tee "$out/ours-compiled-only.jsonl" || log "ablation failed"
 fi
 if has mlx; then
-log "Python MLX"
-PYTHONPATH="$py_home" LD_LIBRARY_PATH="$nvidia_libs" python3 scripts/bench_train_mlx.py \
-  --device gpu --steps "$steps" --warmup "$warmup" --configs "$py" | tee "$out/python-mlx.jsonl" || log "Python MLX run failed"
+  log "Python MLX"
+  PYTHONPATH="$py_home" LD_LIBRARY_PATH="$nvidia_libs" python3 scripts/bench_train_mlx.py \
+    --device gpu --steps "$steps" --warmup "$warmup" --configs "$py" | tee "$out/python-mlx.jsonl" || log "Python MLX run failed"
 fi
 if has torch; then
-log "PyTorch"
-python3 scripts/bench_train_torch.py --device cuda --steps "$steps" --warmup "$warmup" \
-  --configs "$py" | tee "$out/pytorch.jsonl" || log "PyTorch run failed"
+  log "PyTorch eager"
+  python3 scripts/bench_train_torch.py --device cuda --steps "$steps" --warmup "$warmup" \
+    --configs "$py" | tee "$out/pytorch.jsonl" || log "PyTorch run failed"
+fi
+if has torch-tf32; then
+  log "PyTorch eager, TF32 (float32 rows)"
+  python3 scripts/bench_train_torch.py --device cuda --tf32 --steps "$steps" --warmup "$warmup" \
+    --configs "$(only "$py" float32)" | tee "$out/pytorch-tf32.jsonl" || log "PyTorch TF32 run failed"
+fi
+if has torch-compile; then
+  log "PyTorch, torch.compile (bf16 rows)"
+  python3 scripts/bench_train_torch.py --device cuda --compile --steps "$steps" --warmup "$warmup" \
+    --configs "$(only "$py" bfloat16)" | tee "$out/pytorch-compile.jsonl" || log "torch.compile run failed"
 fi
 python3 scripts/gpu_bench_table.py "$out" > "$out/gpu-bench.md"
 cat "$out/gpu-bench.md"

@@ -16,6 +16,11 @@ trained; mode full trains everything. AdamW, cross entropy.
 bfloat16 is torch.autocast over forward and loss with float32 weights: the usual PyTorch
 mixed precision, the counterpart of the float32 masters in the MLX script.
 
+--tf32 lets float32 matmuls and convolutions run on tensor cores as TF32 (what MLX's
+float32 does on CUDA); --compile runs the model through torch.compile (inductor, default
+mode), compiled once per configuration before the warm-up steps, its compile time
+reported as compile_s.
+
 Under torchrun (WORLD_SIZE > 1) every process takes one GPU (LOCAL_RANK), the model is
 wrapped in DistributedDataParallel over NCCL, the batch is per GPU, and rank 0 prints
 images/s of all GPUs together (world_size in the record):
@@ -116,10 +121,11 @@ def time_steps(c, device):
                 lin.lora_b.requires_grad_(True)
         model.head.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
+    run = torch.compile(model) if c.compile else model
     if torch.distributed.is_initialized():
         # Gradients all-reduced over NCCL in DDP's buckets, overlapped with backward.
         ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        run = torch.nn.parallel.DistributedDataParallel(run, device_ids=ids)
     # The fused CUDA AdamW updates every tensor in a few kernels instead of several
     # per tensor; it is what a user who cares for speed turns on.
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=device.type == "cuda")
@@ -131,7 +137,7 @@ def time_steps(c, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             # Autocast would run cross entropy in float32 anyway; the explicit cast
             # says so, and matches the MLX script.
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(run(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -140,6 +146,10 @@ def time_steps(c, device):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    t = time.perf_counter()
+    step()
+    sync()
+    c.compile_s = time.perf_counter() - t
     for _ in range(c.warmup):
         step()
     # CUDA work is asynchronous: the clock is read only once the GPU has caught up,
@@ -176,6 +186,7 @@ def main():
     # for cuDNN convolutions).
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--checkpoint", action="store_true", help="gradient checkpointing per block")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--configs", required=True, help="name:hidden:depth:heads:batch:mode:precision,...")
     a = ap.parse_args()
     configs = parse_configs(a.configs)
@@ -201,10 +212,13 @@ def main():
     for cfg in configs:
         rec = {"framework": "pytorch", "name": cfg["name"], "batch": cfg["batch"],
                "mode": cfg["mode"], "precision": cfg["precision"], "device": device_name,
-               "tf32": a.tf32, "world_size": world}
+               "tf32": a.tf32, "compile": a.compile, "world_size": world}
         try:
-            ms = time_steps(argparse.Namespace(**{**vars(a), **cfg}), device)
+            ns = argparse.Namespace(**{**vars(a), **cfg})
+            ms = time_steps(ns, device)
             rec.update(ms_per_step=ms, images_per_second=world * cfg["batch"] * 1000 / ms)
+            if a.compile:
+                rec["compile_s"] = ns.compile_s
         except Exception as e:  # out of memory, say: report it and go on with the next
             rec["error"] = f"{type(e).__name__}: {e}"
         rec["torch_version"] = torch.__version__

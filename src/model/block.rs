@@ -1,3 +1,4 @@
+use mlx_rs::module::Parameter;
 use mlx_rs::{error::Exception, macros::ModuleParameters, module::Param, Array};
 
 use super::{layer_norm, Attention, Mlp};
@@ -19,6 +20,16 @@ impl Norm {
             let f = |a: &Array| a.as_dtype(mlx_rs::Dtype::Float32);
             return layer_norm(&f(x)?, &f(&self.weight.value)?, &f(&self.bias.value)?, eps)?
                 .as_dtype(x.dtype());
+        }
+        // Trained on a GPU, the scale and shift are applied apart from the normalisation
+        // so that their gradients are matrix products (see `param_grads`); frozen (LoRA),
+        // the fused kernel does it all.
+        if self.weight.is_frozen() == Some(false)
+            && !super::gelu::on_cpu()
+            && super::param_grads::enabled()
+        {
+            let xhat = mlx_rs::fast::layer_norm(x, None, None, eps)?;
+            return super::param_grads::affine(&xhat, &self.weight.value, &self.bias.value);
         }
         layer_norm(x, &self.weight.value, &self.bias.value, eps)
     }

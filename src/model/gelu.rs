@@ -127,7 +127,18 @@ fn cached(
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to run the GPU code paths (fused kernels, matrix-product gradients)
+    /// on the CPU against the CPU's own.
+    pub(crate) static AS_IF_GPU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 pub(crate) fn on_cpu() -> bool {
+    #[cfg(test)]
+    if AS_IF_GPU.with(|c| c.get()) {
+        return false;
+    }
     matches!(
         mlx_rs::Device::try_default().and_then(|d| d.get_type()),
         Ok(mlx_rs::DeviceType::Cpu)

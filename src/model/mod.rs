@@ -10,6 +10,7 @@ pub mod gelu;
 mod linear;
 mod load;
 mod mlp;
+pub mod param_grads;
 mod remat;
 mod vit;
 

@@ -6,6 +6,7 @@
 
 pub mod adapters;
 pub mod allreduce;
+pub mod compiled;
 pub mod curves;
 pub mod lanes;
 pub mod lora;

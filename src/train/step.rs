@@ -31,6 +31,8 @@ pub struct StepOutput {
     pub updated: BTreeMap<String, Array>,
     /// The gradient exchange between ranks, when there are several.
     pub allreduce: Option<Reduction>,
+    /// Host time spent building the step's graph, before its one evaluation.
+    pub build: std::time::Duration,
 }
 
 pub fn trainable(vit: &Vit) -> BTreeMap<String, Array> {
@@ -99,6 +101,7 @@ where
     if micro.is_empty() {
         return Err(Exception::custom("a step needs at least one batch"));
     }
+    let started = std::time::Instant::now();
     if lanes.is_parallel() {
         // Lane threads can only run work queued on their own streams: anything still lazy
         // (inputs, parameters cast at load) is computed here first.
@@ -209,12 +212,14 @@ where
     let mut outputs: Vec<&Array> = vec![&loss, &norm];
     outputs.extend(order.iter().filter_map(|k| updated.get(k.as_str())));
     outputs.extend(opt.state_arrays());
+    let build = started.elapsed();
     mlx_rs::transforms::eval(outputs)?;
     Ok(StepOutput {
         loss: loss.item_exact::<f32>(),
         grad_norm: norm.item_exact::<f32>(),
         updated,
         allreduce: reduction,
+        build,
     })
 }
 

@@ -21,7 +21,6 @@ use super::lanes::Lanes;
 use super::metrics::EvalMetrics;
 use super::optim::AdamW;
 use super::state::Counters;
-use super::step;
 use super::{BestMetric, Mode, TrainConfig, TrainError};
 use crate::config::ModelConfig;
 use crate::data::Loader;
@@ -335,7 +334,8 @@ pub fn train_in_group(
     let log = Logger::new(quiet || group.rank() > 0, plan.steps.total as u64);
     setup::announce(&log, &plan, &loaders, group);
 
-    let mut value_and_grad = mlx_rs::nn::value_and_grad(step::loss);
+    let mut vg = super::compiled::ValueAndGrad::for_default_device();
+    let mut value_and_grad = |v: &mut crate::model::Vit, b| vg.call(v, b);
     let lanes = ranks::lanes(&plan.cfg, group);
     let ctx = Ctx {
         plan: &plan,
