@@ -2,6 +2,8 @@
 //! axis labels, legend entries, bar values) and the PNG's size and ink.
 //! `PICTURES_OUT=DIR` keeps copies to look at.
 
+#![cfg(feature = "mlx")]
+
 use std::path::Path;
 
 use mlx_coreml_pipeline::bench;
