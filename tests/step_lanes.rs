@@ -13,6 +13,18 @@ use mlx_coreml_pipeline::rng::Rng;
 use mlx_coreml_pipeline::train::{self, lanes::Lanes, optim::AdamW, step};
 use mlx_rs::Array;
 
+/// Tests that run lanes hold this: lanes make their streams MLX's default stream while a
+/// part's graph is built, and that default is one per process, not per thread, so a test
+/// building its graph at the same time on another thread put arrays on a lane's stream and
+/// two threads then evaluated one stream at once (under load about one run in eight lost
+/// bit-reproducibility; none in 16 with the tests one at a time). A training process
+/// builds its graphs on one thread.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn model(mode: train::Mode, lora_dropout: f32) -> (tempfile::TempDir, Vit) {
     let (t, dir) = common::converted("timm-vit-reg-swiglu");
     let ck = Checkpoint::load(&dir).unwrap();
@@ -104,6 +116,7 @@ fn assert_same(a: &Steps, b: &Steps, what: &str) {
 
 #[test]
 fn lanes_compute_the_whole_batch_step() {
+    let _one_at_a_time = serial();
     let single = Lanes::single();
     let two = Lanes::for_default_device(2);
     let three = Lanes::for_default_device(3);
@@ -155,6 +168,7 @@ fn dropout_loss(micro: Vec<(Array, Array)>, lanes: &Lanes, dropout: f32) -> f32 
 
 #[test]
 fn every_micro_batch_and_part_draws_its_own_dropout_masks() {
+    let _one_at_a_time = serial();
     let single = Lanes::single();
     let two = Lanes::for_default_device(2);
     let b = batch(7, 2);
