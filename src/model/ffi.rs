@@ -182,3 +182,28 @@ impl Closure {
         }
     }
 }
+
+/// A per-thread slot for a closure built on first use (MLX caches compiled kernels per
+/// closure, so the closure must outlive the calls).
+pub(crate) type ClosureSlot = std::cell::RefCell<Option<Closure>>;
+
+/// Applies the closure in `slot`, building it with `build` on first use, and returns its
+/// first output.
+pub(crate) fn apply_cached(
+    slot: &'static std::thread::LocalKey<ClosureSlot>,
+    build: fn() -> Result<Closure, Exception>,
+    inputs: &[Array],
+) -> Result<Array, Exception> {
+    slot.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(build()?);
+        }
+        let f = slot.as_ref().expect("just built");
+        let mut out = f.apply(inputs)?;
+        if out.is_empty() {
+            return Err(Exception::custom("closure returned no output"));
+        }
+        Ok(out.remove(0))
+    })
+}

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use mlx_rs::{error::Exception, Array, Dtype};
 
-use super::ffi::Closure;
+use super::ffi::{apply_cached, Closure, ClosureSlot};
 
 /// erf(x) ≈ x P(x²) / Q(x²) for |x| <= 4 (erf(4) = 1 - 1.5e-8, so clamping is exact in
 /// float32). Coefficients, lowest order first, from our own least-squares fit with
@@ -106,25 +106,10 @@ fn build_fast() -> Result<Closure, Exception> {
 thread_local! {
     /// Built once per thread: MLX caches compiled kernels per closure, so the closure
     /// must outlive the calls.
-    static FAST: RefCell<Option<Closure>> = const { RefCell::new(None) };
+    static FAST: ClosureSlot = const { RefCell::new(None) };
     /// The plain formula compiled into one kernel (and its derivative into another), for
     /// GPUs, where MLX's own erf is fine but five separate passes are not.
-    static FUSED: RefCell<Option<Closure>> = const { RefCell::new(None) };
-}
-
-fn cached(
-    cell: &'static std::thread::LocalKey<RefCell<Option<Closure>>>,
-    build: fn() -> Result<Closure, Exception>,
-    x: &Array,
-) -> Result<Array, Exception> {
-    cell.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(build()?);
-        }
-        let f = slot.as_ref().expect("just built");
-        Ok(f.apply(std::slice::from_ref(x))?.remove(0))
-    })
+    static FUSED: ClosureSlot = const { RefCell::new(None) };
 }
 
 #[cfg(test)]
@@ -148,13 +133,13 @@ pub(crate) fn on_cpu() -> bool {
 /// Exact GELU: `x (1 + erf(x / √2)) / 2`.
 pub fn gelu(x: &Array) -> Result<Array, Exception> {
     match (on_cpu(), x.dtype()) {
-        (true, Dtype::Float32) => cached(&FAST, build_fast, x),
+        (true, Dtype::Float32) => apply_cached(&FAST, build_fast, std::slice::from_ref(x)),
         // MLX's CPU compiler has no bf16 arithmetic worth fusing for; keep it plain.
         (true, _) => gelu_reference(x),
-        (false, _) => cached(
+        (false, _) => apply_cached(
             &FUSED,
             || Closure::new(|a: &[Array]| Ok(vec![gelu_reference(&a[0])?])).compiled(),
-            x,
+            std::slice::from_ref(x),
         ),
     }
 }

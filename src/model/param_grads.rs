@@ -18,6 +18,7 @@ use std::cell::RefCell;
 
 use mlx_rs::{error::Exception, ops, Array};
 
+use super::ffi::{apply_cached, ClosureSlot};
 use super::Closure;
 
 /// Whether the GPU paths use these functions: yes unless `PIPELINE_PARAM_GRADS=0` (for
@@ -69,33 +70,18 @@ fn build_affine() -> Result<Closure, Exception> {
 
 thread_local! {
     /// Built once per thread; the closures capture nothing, so one serves every layer.
-    static LINEAR: RefCell<Option<Closure>> = const { RefCell::new(None) };
-    static AFFINE: RefCell<Option<Closure>> = const { RefCell::new(None) };
-}
-
-fn apply(
-    cell: &'static std::thread::LocalKey<RefCell<Option<Closure>>>,
-    build: fn() -> Result<Closure, Exception>,
-    inputs: &[Array],
-) -> Result<Array, Exception> {
-    cell.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(build()?);
-        }
-        let f = slot.as_ref().expect("just built");
-        Ok(f.apply(inputs)?.remove(0))
-    })
+    static LINEAR: ClosureSlot = const { RefCell::new(None) };
+    static AFFINE: ClosureSlot = const { RefCell::new(None) };
 }
 
 /// `x W^T + b` (`W` `[out, in]`) whose bias gradient is a [`column_sum`].
 pub fn linear(x: &Array, w: &Array, b: &Array) -> Result<Array, Exception> {
-    apply(&LINEAR, build_linear, &[x.clone(), w.clone(), b.clone()])
+    apply_cached(&LINEAR, build_linear, &[x.clone(), w.clone(), b.clone()])
 }
 
 /// `x̂ w + b` whose `w` and `b` gradients are [`column_sum`]s.
 pub fn affine(xhat: &Array, w: &Array, b: &Array) -> Result<Array, Exception> {
-    apply(&AFFINE, build_affine, &[xhat.clone(), w.clone(), b.clone()])
+    apply_cached(&AFFINE, build_affine, &[xhat.clone(), w.clone(), b.clone()])
 }
 
 #[cfg(test)]
