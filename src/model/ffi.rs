@@ -183,23 +183,43 @@ impl Closure {
     }
 }
 
-/// A per-thread slot for a closure built on first use (MLX caches compiled kernels per
-/// closure, so the closure must outlive the calls).
-pub(crate) type ClosureSlot = std::cell::RefCell<Option<Closure>>;
+/// Per-thread slots for a closure built on first use, one per training lane (MLX caches
+/// compiled kernels per closure, so the closure must outlive the calls).
+pub(crate) type ClosureSlot = std::cell::RefCell<Vec<Option<Closure>>>;
 
-/// Applies the closure in `slot`, building it with `build` on first use, and returns its
-/// first output.
+thread_local! {
+    /// The training lane whose graph this thread is building (`train::lanes`).
+    static LANE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes `lane` the lane whose graph this thread builds; returns the previous one.
+///
+/// Each lane gets closures of its own: every application of one compiled closure shares
+/// its traced tape, constants included, and the lanes evaluate their graphs on several
+/// threads at once, so two lanes could evaluate (and release) the same tape nodes
+/// concurrently. Training crashed now and then under load on a lane thread in MLX's array
+/// destructor (5 of 55 runs in session 5; once in CI in session 6).
+pub fn set_lane(lane: usize) -> usize {
+    LANE.with(|c| c.replace(lane))
+}
+
+/// Applies this lane's closure in `slot`, building it with `build` on first use, and
+/// returns its first output.
 pub(crate) fn apply_cached(
     slot: &'static std::thread::LocalKey<ClosureSlot>,
     build: fn() -> Result<Closure, Exception>,
     inputs: &[Array],
 ) -> Result<Array, Exception> {
+    let lane = LANE.with(|c| c.get());
     slot.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(build()?);
+        let mut slots = cell.borrow_mut();
+        if slots.len() <= lane {
+            slots.resize_with(lane + 1, || None);
         }
-        let f = slot.as_ref().expect("just built");
+        if slots[lane].is_none() {
+            slots[lane] = Some(build()?);
+        }
+        let f = slots[lane].as_ref().expect("just built");
         let mut out = f.apply(inputs)?;
         if out.is_empty() {
             return Err(Exception::custom("closure returned no output"));

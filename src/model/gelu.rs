@@ -106,10 +106,10 @@ fn build_fast() -> Result<Closure, Exception> {
 thread_local! {
     /// Built once per thread: MLX caches compiled kernels per closure, so the closure
     /// must outlive the calls.
-    static FAST: ClosureSlot = const { RefCell::new(None) };
+    static FAST: ClosureSlot = const { RefCell::new(Vec::new()) };
     /// The plain formula compiled into one kernel (and its derivative into another), for
     /// GPUs, where MLX's own erf is fine but five separate passes are not.
-    static FUSED: ClosureSlot = const { RefCell::new(None) };
+    static FUSED: ClosureSlot = const { RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

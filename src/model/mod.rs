@@ -17,7 +17,7 @@ mod vit;
 pub use attention::Attention;
 pub use block::Block;
 pub use embed::Embeddings;
-pub use ffi::Closure;
+pub use ffi::{set_lane, Closure};
 pub use linear::Linear;
 pub use load::{from_checkpoint, ModelError};
 pub use mlp::Mlp;

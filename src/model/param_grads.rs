@@ -70,8 +70,8 @@ fn build_affine() -> Result<Closure, Exception> {
 
 thread_local! {
     /// Built once per thread; the closures capture nothing, so one serves every layer.
-    static LINEAR: ClosureSlot = const { RefCell::new(None) };
-    static AFFINE: ClosureSlot = const { RefCell::new(None) };
+    static LINEAR: ClosureSlot = const { RefCell::new(Vec::new()) };
+    static AFFINE: ClosureSlot = const { RefCell::new(Vec::new()) };
 }
 
 /// `x W^T + b` (`W` `[out, in]`) whose bias gradient is a [`column_sum`].

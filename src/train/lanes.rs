@@ -92,8 +92,9 @@ impl Lanes {
 
     /// Makes lane `lane`'s stream the default for arrays created until the guard drops.
     pub fn enter(&self, lane: usize) -> Option<DefaultStreamGuard> {
-        let s = self.streams.get(lane % self.count())?;
-        Some(DefaultStreamGuard::set(s.0))
+        let lane = lane % self.count();
+        let s = self.streams.get(lane)?;
+        Some(DefaultStreamGuard::set(s.0, lane))
     }
 
     /// Evaluates each lane's groups in order, lanes concurrently. A group's arrays are
@@ -149,10 +150,14 @@ impl Lanes {
 /// Restores the previous default CPU stream when dropped.
 pub struct DefaultStreamGuard {
     previous: mlx_sys::mlx_stream,
+    previous_lane: usize,
 }
 
 impl DefaultStreamGuard {
-    fn set(stream: mlx_sys::mlx_stream) -> Self {
+    /// Also tells the model which lane's graph is being built, so that each lane has
+    /// compiled closures of its own (`model::set_lane`).
+    fn set(stream: mlx_sys::mlx_stream, lane: usize) -> Self {
+        let previous_lane = crate::model::set_lane(lane);
         // SAFETY: valid streams; `previous` is a new handle we free on drop.
         unsafe {
             let mut previous = mlx_sys::mlx_stream_new();
@@ -160,7 +165,10 @@ impl DefaultStreamGuard {
             mlx_sys::mlx_get_default_stream(&mut previous, dev);
             mlx_sys::mlx_device_free(dev);
             mlx_sys::mlx_set_default_stream(stream);
-            DefaultStreamGuard { previous }
+            DefaultStreamGuard {
+                previous,
+                previous_lane,
+            }
         }
     }
 }
@@ -172,6 +180,7 @@ impl Drop for DefaultStreamGuard {
             mlx_sys::mlx_set_default_stream(self.previous);
             mlx_sys::mlx_stream_free(self.previous);
         }
+        crate::model::set_lane(self.previous_lane);
     }
 }
 
