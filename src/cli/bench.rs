@@ -1,0 +1,93 @@
+//! `pipeline bench`: Core ML on each compute unit (macOS), or a saved report rendered.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use mlx_coreml_pipeline as lib;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// The .mlpackage to benchmark (macOS).
+    #[arg(required_unless_present = "report")]
+    package: Option<PathBuf>,
+    /// Render an existing report, or compute it from the harness's raw file
+    /// (NAME.bench.raw.json), as table and chart instead of running; any platform.
+    #[arg(long, conflicts_with = "package")]
+    report: Option<PathBuf>,
+    /// Compute units: cpu, gpu, ane, all (comma-separated).
+    #[arg(long, default_value = "cpu,gpu,ane,all")]
+    compute_units: String,
+    #[arg(long, default_value_t = 20)]
+    warmup: u32,
+    #[arg(long, default_value_t = 200)]
+    iterations: u32,
+    /// Batch sizes for batch predictions (comma-separated).
+    #[arg(long, default_value = "1,8")]
+    batch: String,
+    /// Images to predict on (default: a synthetic input).
+    #[arg(long, num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// Reference outputs to compare every unit with.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Report path (default: NAME.bench.json next to the package).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn options(&self) -> Result<lib::bench::BenchOptions> {
+        let units = self
+            .compute_units
+            .split(',')
+            .map(|u| {
+                serde_json::from_value::<lib::bench::ComputeUnits>(serde_json::Value::String(
+                    u.trim().to_string(),
+                ))
+                .with_context(|| format!("--compute-units: `{u}` is not cpu, gpu, ane or all"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch_sizes = self
+            .batch
+            .split(',')
+            .map(|b| {
+                b.trim()
+                    .parse::<u32>()
+                    .with_context(|| format!("--batch: `{b}` is not a number"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(lib::bench::BenchOptions {
+            compute_units: units,
+            warmup: self.warmup,
+            iterations: self.iterations,
+            batch_sizes,
+            images: self.image.clone(),
+            reference: self.reference.clone(),
+            json: self.json.clone(),
+            swift_package: None,
+        })
+    }
+}
+
+impl BenchArgs {
+    pub fn run(self) -> Result<()> {
+        if let Some(path) = &self.report {
+            let report = lib::bench::load_report(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            print!("{report}");
+            let png = lib::bench::chart_path_for(path);
+            let chart = lib::bench::render_chart(&report, &png)?;
+            println!("{chart}");
+        } else {
+            let pkg = self.package.clone().expect("required");
+            let opts = self.options()?;
+            let out = lib::bench::bench_package(&pkg, &opts)
+                .with_context(|| format!("benchmarking {}", pkg.display()))?;
+            print!("{}", out.report);
+            println!("{}", out.chart);
+            println!("report: {}", out.json.display());
+        }
+        Ok(())
+    }
+}
