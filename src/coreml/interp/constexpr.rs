@@ -19,7 +19,8 @@ use std::collections::HashMap;
 
 use half::f16;
 
-use super::{f16_from_le, InterpError, Tensor, Val};
+use super::decode::f16_from_le;
+use super::{InterpError, Tensor, Val};
 use crate::coreml::blob::{BlobDType, BlobReader, WEIGHT_FILE_REF};
 use crate::coreml::mil::DType;
 use crate::coreml::proto::mil as pb;
@@ -720,7 +721,7 @@ fn op_name(op: &pb::Operation) -> String {
     match op
         .attributes
         .get("name")
-        .map(|v| super::decode_value(v, None))
+        .map(|v| super::decode::decode_value(v, None))
     {
         Some(Ok(Val::Str(s))) => s,
         _ => op
