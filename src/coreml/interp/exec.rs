@@ -156,98 +156,15 @@ impl Exec<'_> {
         let k = |r: Result<Tensor, String>| r.map_err(|m| self.err(m));
         // (natural dtype of the result, value) for single-output float ops.
         let (dtype, t) = match kind {
-            "add" | "sub" | "mul" | "real_div" => {
-                let (dx, x) = self.float("x")?;
-                let (dy, y) = self.float("y")?;
-                if dx != dy {
-                    return Err(self.err(format!("x is {dx}, y is {dy}")));
-                }
-                let f: fn(f32, f32) -> f32 = match kind {
-                    "add" => |a, b| a + b,
-                    "sub" => |a, b| a - b,
-                    "mul" => |a, b| a * b,
-                    _ => |a, b| a / b,
-                };
-                (dx, k(kernels::binary(&x, &y, f))?)
-            }
-            "conv" => {
-                let (dt, x) = self.float("x")?;
-                let (_, w) = self.float("weight")?;
-                let b = self.opt_float("bias")?;
-                let s = self.usizes("strides")?;
-                let d = self.usizes("dilations")?;
-                let pad = match self.string("pad_type")?.as_str() {
-                    "valid" => [0; 4],
-                    "custom" => {
-                        let p = self.usizes("pad")?;
-                        p.try_into()
-                            .map_err(|_| self.err("pad must have 4 values"))?
-                    }
-                    other => return Err(self.err(format!("pad_type `{other}` is not supported"))),
-                };
-                let (Ok(s), Ok(d)) = (<[usize; 2]>::try_from(s), <[usize; 2]>::try_from(d)) else {
-                    return Err(self.err("strides and dilations need 2 values"));
-                };
-                let g = self.int("groups")? as usize;
-                (dt, k(kernels::conv2d(&x, &w, b.as_ref(), s, pad, d, g))?)
-            }
+            "add" | "sub" | "mul" | "real_div" => self.arith(kind)?,
+            "conv" => self.conv()?,
             "reshape" => {
                 let (dt, x) = self.float("x")?;
                 (dt, k(kernels::reshape(&x, &self.ints("shape")?))?)
             }
-            "transpose" => {
-                let (dt, x) = self.float("x")?;
-                // coremltools' passes write negative (from the end) axes.
-                let r = x.rank() as i64;
-                let perm = self
-                    .ints("perm")?
-                    .into_iter()
-                    .map(|a| usize::try_from(if a < 0 { a + r } else { a }))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| self.err("`perm` out of range"))?;
-                (dt, k(kernels::transpose(&x, &perm))?)
-            }
-            "concat" => {
-                if self.has("interleave") && self.bool("interleave")? {
-                    return Err(self.err("interleave is not supported"));
-                }
-                let vals = self.all("values")?;
-                let mut ts = Vec::new();
-                let mut dt = None;
-                for v in &vals {
-                    match &**v {
-                        Val::Float { dtype, t } => {
-                            if dt.is_some_and(|d| d != *dtype) {
-                                return Err(self.err("values of mixed types"));
-                            }
-                            dt = Some(*dtype);
-                            ts.push(t);
-                        }
-                        _ => return Err(self.err("values must be float tensors")),
-                    }
-                }
-                let dt = dt.ok_or_else(|| self.err("no values"))?;
-                (dt, k(kernels::concat(&ts, self.int("axis")?))?)
-            }
-            "layer_norm" => {
-                let (dt, x) = self.float("x")?;
-                let axes = if self.has("axes") {
-                    self.ints("axes")?
-                } else {
-                    (0..x.rank() as i64).collect()
-                };
-                let eps = if self.has("epsilon") {
-                    self.scalar_f("epsilon")?
-                } else {
-                    1e-5
-                };
-                let g = self.opt_float("gamma")?;
-                let b = self.opt_float("beta")?;
-                (
-                    dt,
-                    k(kernels::layer_norm(&x, &axes, g.as_ref(), b.as_ref(), eps))?,
-                )
-            }
+            "transpose" => self.transpose()?,
+            "concat" => self.concat()?,
+            "layer_norm" => self.layer_norm()?,
             "linear" => {
                 let (dt, x) = self.float("x")?;
                 let (_, w) = self.float("weight")?;
@@ -270,83 +187,14 @@ impl Exec<'_> {
                 };
                 (dt, k(kernels::softmax(&x, a))?)
             }
-            "gelu" => {
-                let (dt, x) = self.float("x")?;
-                let mode = if self.has("mode") {
-                    self.string("mode")?
-                } else {
-                    "EXACT".into()
-                };
-                let f = match mode.as_str() {
-                    "EXACT" => kernels::gelu_exact,
-                    "TANH_APPROXIMATION" => kernels::gelu_tanh,
-                    m => return Err(self.err(format!("gelu mode `{m}` is not supported"))),
-                };
-                (dt, kernels::map(&x, f))
-            }
+            "gelu" => self.gelu()?,
             "silu" => {
                 let (dt, x) = self.float("x")?;
                 (dt, kernels::map(&x, kernels::silu))
             }
-            "split" => {
-                let (dt, x) = self.float("x")?;
-                let a = self.int("axis")?;
-                let ax = crate::coreml::mil::types::norm_axis(a, x.rank())
-                    .ok_or_else(|| self.err("bad axis"))?;
-                let sizes = if self.has("split_sizes") {
-                    self.usizes("split_sizes")?
-                } else {
-                    let n = self.int("num_splits")? as usize;
-                    if n == 0 || x.shape[ax] % n != 0 {
-                        return Err(
-                            self.err(format!("{} is not divisible into {n} splits", x.shape[ax]))
-                        );
-                    }
-                    vec![x.shape[ax] / n; n]
-                };
-                let parts = k2(kernels::split(&x, &sizes, a), self)?;
-                return self.finish_many(parts.into_iter().map(|t| (dt, t)).collect());
-            }
-            "slice_by_index" => {
-                let (dt, x) = self.float("x")?;
-                let r = x.rank();
-                let b = self.ints("begin")?;
-                let e = self.ints("end")?;
-                let s = if self.has("stride") {
-                    self.ints("stride")?
-                } else {
-                    vec![1; r]
-                };
-                let bm = if self.has("begin_mask") {
-                    self.bools("begin_mask")?
-                } else {
-                    vec![false; r]
-                };
-                let em = if self.has("end_mask") {
-                    self.bools("end_mask")?
-                } else {
-                    vec![false; r]
-                };
-                let sm = if self.has("squeeze_mask") {
-                    self.bools("squeeze_mask")?
-                } else {
-                    vec![false; r]
-                };
-                (
-                    dt,
-                    k(kernels::slice_by_index(&x, &b, &e, &s, &bm, &em, &sm))?,
-                )
-            }
-            "reduce_mean" => {
-                let (dt, x) = self.float("x")?;
-                let axes = if self.has("axes") {
-                    self.ints("axes")?
-                } else {
-                    (0..x.rank() as i64).collect()
-                };
-                let keep = self.has("keep_dims") && self.bool("keep_dims")?;
-                (dt, k(kernels::reduce_mean(&x, &axes, keep))?)
-            }
+            "split" => return self.split(),
+            "slice_by_index" => self.slice_by_index()?,
+            "reduce_mean" => self.reduce_mean()?,
             "cast" => {
                 let (_, x) = self.float("x")?;
                 let to = self.string("dtype")?;
@@ -366,6 +214,180 @@ impl Exec<'_> {
             other => return Err(InterpError::UnsupportedOp(other.to_string())),
         };
         self.finish_many(vec![(dtype, t)])
+    }
+
+    fn arith(&self, kind: &str) -> Result<(DType, Tensor), InterpError> {
+        let (dx, x) = self.float("x")?;
+        let (dy, y) = self.float("y")?;
+        if dx != dy {
+            return Err(self.err(format!("x is {dx}, y is {dy}")));
+        }
+        let f: fn(f32, f32) -> f32 = match kind {
+            "add" => |a, b| a + b,
+            "sub" => |a, b| a - b,
+            "mul" => |a, b| a * b,
+            _ => |a, b| a / b,
+        };
+        Ok((dx, k2(kernels::binary(&x, &y, f), self)?))
+    }
+
+    fn conv(&self) -> Result<(DType, Tensor), InterpError> {
+        let (dt, x) = self.float("x")?;
+        let (_, w) = self.float("weight")?;
+        let b = self.opt_float("bias")?;
+        let s = self.usizes("strides")?;
+        let d = self.usizes("dilations")?;
+        let pad = match self.string("pad_type")?.as_str() {
+            "valid" => [0; 4],
+            "custom" => {
+                let p = self.usizes("pad")?;
+                p.try_into()
+                    .map_err(|_| self.err("pad must have 4 values"))?
+            }
+            other => return Err(self.err(format!("pad_type `{other}` is not supported"))),
+        };
+        let (Ok(s), Ok(d)) = (<[usize; 2]>::try_from(s), <[usize; 2]>::try_from(d)) else {
+            return Err(self.err("strides and dilations need 2 values"));
+        };
+        let g = self.int("groups")? as usize;
+        Ok((
+            dt,
+            k2(kernels::conv2d(&x, &w, b.as_ref(), s, pad, d, g), self)?,
+        ))
+    }
+
+    fn transpose(&self) -> Result<(DType, Tensor), InterpError> {
+        let (dt, x) = self.float("x")?;
+        // coremltools' passes write negative (from the end) axes.
+        let r = x.rank() as i64;
+        let perm = self
+            .ints("perm")?
+            .into_iter()
+            .map(|a| usize::try_from(if a < 0 { a + r } else { a }))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| self.err("`perm` out of range"))?;
+        Ok((dt, k2(kernels::transpose(&x, &perm), self)?))
+    }
+
+    fn concat(&self) -> Result<(DType, Tensor), InterpError> {
+        if self.has("interleave") && self.bool("interleave")? {
+            return Err(self.err("interleave is not supported"));
+        }
+        let vals = self.all("values")?;
+        let mut ts = Vec::new();
+        let mut dt = None;
+        for v in &vals {
+            match &**v {
+                Val::Float { dtype, t } => {
+                    if dt.is_some_and(|d| d != *dtype) {
+                        return Err(self.err("values of mixed types"));
+                    }
+                    dt = Some(*dtype);
+                    ts.push(t);
+                }
+                _ => return Err(self.err("values must be float tensors")),
+            }
+        }
+        let dt = dt.ok_or_else(|| self.err("no values"))?;
+        Ok((dt, k2(kernels::concat(&ts, self.int("axis")?), self)?))
+    }
+
+    fn layer_norm(&self) -> Result<(DType, Tensor), InterpError> {
+        let (dt, x) = self.float("x")?;
+        let axes = if self.has("axes") {
+            self.ints("axes")?
+        } else {
+            (0..x.rank() as i64).collect()
+        };
+        let eps = if self.has("epsilon") {
+            self.scalar_f("epsilon")?
+        } else {
+            1e-5
+        };
+        let g = self.opt_float("gamma")?;
+        let b = self.opt_float("beta")?;
+        Ok((
+            dt,
+            k2(
+                kernels::layer_norm(&x, &axes, g.as_ref(), b.as_ref(), eps),
+                self,
+            )?,
+        ))
+    }
+
+    fn gelu(&self) -> Result<(DType, Tensor), InterpError> {
+        let (dt, x) = self.float("x")?;
+        let mode = if self.has("mode") {
+            self.string("mode")?
+        } else {
+            "EXACT".into()
+        };
+        let f = match mode.as_str() {
+            "EXACT" => kernels::gelu_exact,
+            "TANH_APPROXIMATION" => kernels::gelu_tanh,
+            m => return Err(self.err(format!("gelu mode `{m}` is not supported"))),
+        };
+        Ok((dt, kernels::map(&x, f)))
+    }
+
+    fn split(&self) -> Result<Vec<Val>, InterpError> {
+        let (dt, x) = self.float("x")?;
+        let a = self.int("axis")?;
+        let ax = crate::coreml::mil::types::norm_axis(a, x.rank())
+            .ok_or_else(|| self.err("bad axis"))?;
+        let sizes = if self.has("split_sizes") {
+            self.usizes("split_sizes")?
+        } else {
+            let n = self.int("num_splits")? as usize;
+            if n == 0 || x.shape[ax] % n != 0 {
+                return Err(self.err(format!("{} is not divisible into {n} splits", x.shape[ax])));
+            }
+            vec![x.shape[ax] / n; n]
+        };
+        let parts = k2(kernels::split(&x, &sizes, a), self)?;
+        self.finish_many(parts.into_iter().map(|t| (dt, t)).collect())
+    }
+
+    fn slice_by_index(&self) -> Result<(DType, Tensor), InterpError> {
+        let (dt, x) = self.float("x")?;
+        let r = x.rank();
+        let b = self.ints("begin")?;
+        let e = self.ints("end")?;
+        let s = if self.has("stride") {
+            self.ints("stride")?
+        } else {
+            vec![1; r]
+        };
+        let bm = if self.has("begin_mask") {
+            self.bools("begin_mask")?
+        } else {
+            vec![false; r]
+        };
+        let em = if self.has("end_mask") {
+            self.bools("end_mask")?
+        } else {
+            vec![false; r]
+        };
+        let sm = if self.has("squeeze_mask") {
+            self.bools("squeeze_mask")?
+        } else {
+            vec![false; r]
+        };
+        Ok((
+            dt,
+            k2(kernels::slice_by_index(&x, &b, &e, &s, &bm, &em, &sm), self)?,
+        ))
+    }
+
+    fn reduce_mean(&self) -> Result<(DType, Tensor), InterpError> {
+        let (dt, x) = self.float("x")?;
+        let axes = if self.has("axes") {
+            self.ints("axes")?
+        } else {
+            (0..x.rank() as i64).collect()
+        };
+        let keep = self.has("keep_dims") && self.bool("keep_dims")?;
+        Ok((dt, k2(kernels::reduce_mean(&x, &axes, keep), self)?))
     }
 
     /// Checks results against the declared output types and applies fp16 storage.

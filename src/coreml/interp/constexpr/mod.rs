@@ -104,38 +104,7 @@ impl<'a> Decoder<'a> {
                 )?]
             }
             "constexpr_lut_to_dense" => vec![match ios16 {
-                Some(shape) => {
-                    let shape = shape.usizes()?;
-                    let lut = p("lut")?;
-                    if lut.shape.len() != 1 {
-                        return Err(format!("lut {:?} is not 1-D", lut.shape));
-                    }
-                    let bits = lut.numel().trailing_zeros();
-                    if lut.numel() != 1 << bits || !(1..=8).contains(&bits) {
-                        return Err(format!("{} lut entries", lut.numel()));
-                    }
-                    let bytes = p("indices")?.packed_bytes()?;
-                    let n: usize = shape.iter().product();
-                    if bytes.len() != (n * bits as usize).div_ceil(8) {
-                        return Err(format!(
-                            "{} index bytes for {n} {bits}-bit indices",
-                            bytes.len()
-                        ));
-                    }
-                    let idx = unpack_bits(&bytes, bits, n, false).ok_or("bad indices")?;
-                    let indices = Arr {
-                        elem: Elem::Int {
-                            bits,
-                            signed: false,
-                        },
-                        shape: shape.clone(),
-                        data: Data::I(idx),
-                    };
-                    let mut lut = lut;
-                    lut.shape = vec![1; shape.len()];
-                    lut.shape.extend([1 << bits, 1]);
-                    lut_to_dense(&indices, &lut, None)?
-                }
+                Some(shape) => self.lut_to_dense_ios16(op, shape)?,
                 None => {
                     let va = self
                         .param(op, "vector_axis")?
@@ -169,42 +138,83 @@ impl<'a> Decoder<'a> {
                 let nz = masked(&out, mask.ints()?);
                 vec![mask, nz]
             }
-            "constexpr_lut_to_sparse" => {
-                let mask = p("indices_mask")?;
-                let idx = scatter(
-                    &p("indices_nonzero_data")?,
-                    mask.ints()?,
-                    mask.shape.clone(),
-                )?;
-                let va = self
-                    .param(op, "vector_axis")?
-                    .map(|a| a.int())
-                    .transpose()?;
-                let dense = lut_to_dense(&idx, &p("lut")?, va)?;
-                // The mask, each entry repeated along the vector axis.
-                let mut out_mask = Vec::with_capacity(dense.numel());
-                let (m, vs) = (mask.ints()?, dense.numel() / mask.numel().max(1));
-                let va = match va {
-                    Some(a) if vs > 1 => norm_axis(a, mask.shape.len())?,
-                    _ => 0,
-                };
-                let mstride = strides(&mask.shape);
-                for_each_index(&dense.shape, |_, o| {
-                    let k: usize = (0..o.len())
-                        .map(|d| if d == va { o[d] / vs } else { o[d] } * mstride[d])
-                        .sum();
-                    out_mask.push(m[k]);
-                });
-                let nz = masked(&dense, &out_mask);
-                let mask = Arr {
-                    elem: mask.elem,
-                    shape: dense.shape.clone(),
-                    data: Data::I(out_mask),
-                };
-                vec![mask, nz]
-            }
+            "constexpr_lut_to_sparse" => self.lut_to_sparse(op)?,
             other => return Err(format!("`{other}` is not a constexpr op this reader knows")),
         })
+    }
+
+    /// iOS16 `constexpr_lut_to_dense`: one 1-D palette, packed uint8 indices and the
+    /// output `shape`, read as the iOS18 form with a single block.
+    fn lut_to_dense_ios16(&self, op: &pb::Operation, shape: Arr) -> R<Arr> {
+        let p = |name| self.req(op, name);
+        let shape = shape.usizes()?;
+        let lut = p("lut")?;
+        if lut.shape.len() != 1 {
+            return Err(format!("lut {:?} is not 1-D", lut.shape));
+        }
+        let bits = lut.numel().trailing_zeros();
+        if lut.numel() != 1 << bits || !(1..=8).contains(&bits) {
+            return Err(format!("{} lut entries", lut.numel()));
+        }
+        let bytes = p("indices")?.packed_bytes()?;
+        let n: usize = shape.iter().product();
+        if bytes.len() != (n * bits as usize).div_ceil(8) {
+            return Err(format!(
+                "{} index bytes for {n} {bits}-bit indices",
+                bytes.len()
+            ));
+        }
+        let idx = unpack_bits(&bytes, bits, n, false).ok_or("bad indices")?;
+        let indices = Arr {
+            elem: Elem::Int {
+                bits,
+                signed: false,
+            },
+            shape: shape.clone(),
+            data: Data::I(idx),
+        };
+        let mut lut = lut;
+        lut.shape = vec![1; shape.len()];
+        lut.shape.extend([1 << bits, 1]);
+        lut_to_dense(&indices, &lut, None)
+    }
+
+    /// iOS18 `constexpr_lut_to_sparse`: decoded as dense, then split back into the mask
+    /// and the values it selects.
+    fn lut_to_sparse(&self, op: &pb::Operation) -> R<Vec<Arr>> {
+        let p = |name| self.req(op, name);
+        let mask = p("indices_mask")?;
+        let idx = scatter(
+            &p("indices_nonzero_data")?,
+            mask.ints()?,
+            mask.shape.clone(),
+        )?;
+        let va = self
+            .param(op, "vector_axis")?
+            .map(|a| a.int())
+            .transpose()?;
+        let dense = lut_to_dense(&idx, &p("lut")?, va)?;
+        // The mask, each entry repeated along the vector axis.
+        let mut out_mask = Vec::with_capacity(dense.numel());
+        let (m, vs) = (mask.ints()?, dense.numel() / mask.numel().max(1));
+        let va = match va {
+            Some(a) if vs > 1 => norm_axis(a, mask.shape.len())?,
+            _ => 0,
+        };
+        let mstride = strides(&mask.shape);
+        for_each_index(&dense.shape, |_, o| {
+            let k: usize = (0..o.len())
+                .map(|d| if d == va { o[d] / vs } else { o[d] } * mstride[d])
+                .sum();
+            out_mask.push(m[k]);
+        });
+        let nz = masked(&dense, &out_mask);
+        let mask = Arr {
+            elem: mask.elem,
+            shape: dense.shape.clone(),
+            data: Data::I(out_mask),
+        };
+        Ok(vec![mask, nz])
     }
 }
 
