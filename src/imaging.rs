@@ -47,20 +47,19 @@ pub fn eval_transform(img: &RgbImage, resize_shorter: usize, size: usize) -> Rgb
 /// Appends `[3, H, W]` planes of an RGB image's 0..255 values to `out` (what an
 /// image-input package takes; its program normalises them).
 pub fn planes_into(img: &RgbImage, out: &mut Vec<f32>) {
-    let (w, h) = img.dimensions();
-    let n = (w * h) as usize;
-    let start = out.len();
-    out.resize(start + 3 * n, 0.0);
-    let planes = &mut out[start..];
-    for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            planes[c * n + i] = f32::from(px[c]);
-        }
-    }
+    planar_into(img, out, |_, v| f32::from(v));
 }
 
 /// Appends `[3, H, W]` normalised planes of an RGB image to `out`.
 pub fn normalise_into(img: &RgbImage, pre: &Preprocess, out: &mut Vec<f32>) {
+    planar_into(img, out, |c, v| {
+        (f32::from(v) / 255.0 - pre.mean[c]) / pre.std[c]
+    });
+}
+
+/// Appends `[3, H, W]` planes of `img` to `out`, channel `c`'s value `v` as `map(c, v)`.
+/// Generic over `map` so each caller gets its own loop with the map inlined.
+fn planar_into(img: &RgbImage, out: &mut Vec<f32>, map: impl Fn(usize, u8) -> f32) {
     let (w, h) = img.dimensions();
     let n = (w * h) as usize;
     let start = out.len();
@@ -68,7 +67,7 @@ pub fn normalise_into(img: &RgbImage, pre: &Preprocess, out: &mut Vec<f32>) {
     let planes = &mut out[start..];
     for (i, px) in img.pixels().enumerate() {
         for c in 0..3 {
-            planes[c * n + i] = (f32::from(px[c]) / 255.0 - pre.mean[c]) / pre.std[c];
+            planes[c * n + i] = map(c, px[c]);
         }
     }
 }

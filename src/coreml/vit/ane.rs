@@ -7,9 +7,10 @@
 //! `[1, 1, hd, T]` without a reshape. Nothing has rank above 4 and no `linear` remains;
 //! only the outputs are brought back to the standard layout's names and shapes.
 
+use super::block::BlockScope;
 use super::{edge, names, Body, EmitError, Emitter, VitOptions};
-use crate::config::{MlpKind, Pooling, QkvLayout};
-use crate::coreml::mil::{ConvPad, GeluMode, Var};
+use crate::config::{Pooling, QkvLayout};
+use crate::coreml::mil::{ConvPad, Var};
 
 /// `[rows, cols]` row-major values transposed to `[cols, rows]`.
 fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -98,14 +99,9 @@ impl Emitter<'_, '_, '_> {
 
     fn ane_block(&mut self, i: usize, x: &Var) -> Result<Var, EmitError> {
         let cfg = self.cfg;
-        let (d, h, hd, t) = (
-            cfg.hidden_size,
-            cfg.num_heads,
-            cfg.head_dim(),
-            cfg.num_tokens(),
-        );
-        let pre = format!("blocks.{i}");
-        let id = |s: &str| crate::coreml::mil::types::ident(&format!("{pre}.{s}"));
+        let sc = BlockScope::new(cfg, i);
+        let (d, h, hd, t, pre) = (sc.d, sc.h, sc.hd, sc.t, &sc.pre);
+        let id = |s: &str| sc.id(s);
         let hn = self.channel_norm(&format!("{pre}.norm1"), &id("norm1"), x)?;
         let (q, k, v) = match cfg.qkv {
             QkvLayout::Fused => {
@@ -116,14 +112,7 @@ impl Emitter<'_, '_, '_> {
                     3 * d,
                     cfg.qkv_bias,
                 )?;
-                let mut p = self
-                    .b
-                    .split(&id("attn.qkv_split"), &qkv, &[d, d, d], 1)?
-                    .into_iter();
-                let (Some(q), Some(k), Some(v)) = (p.next(), p.next(), p.next()) else {
-                    unreachable!("split into three")
-                };
-                (q, k, v)
+                self.split_qkv(&sc, &qkv, 1)?
             }
             QkvLayout::Separate => {
                 let mut out = Vec::with_capacity(3);
@@ -161,11 +150,8 @@ impl Emitter<'_, '_, '_> {
         }
         let refs: Vec<&Var> = heads.iter().collect();
         let o = self.b.concat(&id("attn.heads"), &refs, 1)?;
-        let mut o = self.conv1x1(&format!("{pre}.attn.proj"), &id("attn.proj"), &o, d, true)?;
-        if cfg.layer_scale {
-            let g = self.weight(&format!("{pre}.ls1"), Some(&[1, d, 1, 1]))?;
-            o = self.b.mul(&id("ls1_mul"), &o, &g)?;
-        }
+        let o = self.conv1x1(&format!("{pre}.attn.proj"), &id("attn.proj"), &o, d, true)?;
+        let o = self.layer_scale(&sc, "ls1", o, Some(&[1, d, 1, 1]))?;
         let x = self.b.add(&id("residual1"), x, &o)?;
 
         let hn = self.channel_norm(&format!("{pre}.norm2"), &id("norm2"), &x)?;
@@ -176,20 +162,9 @@ impl Emitter<'_, '_, '_> {
             cfg.fc1_out(),
             true,
         )?;
-        let act = match cfg.mlp {
-            MlpKind::Gelu => self.b.gelu(&id("mlp.act"), &f1, GeluMode::Exact)?,
-            MlpKind::SwigluPacked => {
-                let hm = cfg.mlp_hidden;
-                let parts = self.b.split(&id("mlp.fc1_split"), &f1, &[hm, hm], 1)?;
-                let gate = self.b.silu(&id("mlp.act"), &parts[0])?;
-                self.b.mul(&id("mlp.gated"), &gate, &parts[1])?
-            }
-        };
-        let mut f2 = self.conv1x1(&format!("{pre}.mlp.fc2"), &id("mlp.fc2"), &act, d, true)?;
-        if cfg.layer_scale {
-            let g = self.weight(&format!("{pre}.ls2"), Some(&[1, d, 1, 1]))?;
-            f2 = self.b.mul(&id("ls2_mul"), &f2, &g)?;
-        }
+        let act = self.mlp_act(&sc, &f1, 1)?;
+        let f2 = self.conv1x1(&format!("{pre}.mlp.fc2"), &id("mlp.fc2"), &act, d, true)?;
+        let f2 = self.layer_scale(&sc, "ls2", f2, Some(&[1, d, 1, 1]))?;
         Ok(self.b.add(&id("residual2"), &x, &f2)?)
     }
 

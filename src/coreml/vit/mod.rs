@@ -11,6 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{ModelConfig, Pooling, QkvLayout};
 use crate::coreml::compress::{CompressError, Pipeline};
 mod ane;
+mod block;
 mod standard;
 
 use crate::coreml::mil::{ConvPad, DType, FloatSource, MilError, ProgramBuilder, TensorTy, Var};

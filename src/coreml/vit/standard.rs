@@ -1,9 +1,10 @@
 //! The standard layout: `[1, T, D]` tokens, `linear` projections, heads by reshape and
 //! transpose, what a PyTorch trace gives (and coremltools writes from timm).
 
+use super::block::BlockScope;
 use super::{edge, names, Body, EmitError, Emitter, VitOptions};
-use crate::config::{MlpKind, Pooling, QkvLayout};
-use crate::coreml::mil::{FloatSource, GeluMode, ProgramBuilder, Var};
+use crate::config::{Pooling, QkvLayout};
+use crate::coreml::mil::{FloatSource, ProgramBuilder, Var};
 
 impl Emitter<'_, '_, '_> {
     /// Patch tokens, the blocks, the final norm and pooling in the standard layout.
@@ -103,27 +104,15 @@ impl Emitter<'_, '_, '_> {
 
     fn block(&mut self, i: usize, x: &Var, fused_attention: bool) -> Result<Var, EmitError> {
         let cfg = self.cfg;
-        let (d, h, hd, t) = (
-            cfg.hidden_size,
-            cfg.num_heads,
-            cfg.head_dim(),
-            cfg.num_tokens(),
-        );
-        let pre = format!("blocks.{i}");
-        let id = |s: &str| crate::coreml::mil::types::ident(&format!("{pre}.{s}"));
+        let sc = BlockScope::new(cfg, i);
+        let (d, h, hd, t, pre) = (sc.d, sc.h, sc.hd, sc.t, &sc.pre);
+        let id = |s: &str| sc.id(s);
 
         let hn = self.layer_norm(&format!("{pre}.norm1"), x)?;
         let (q, k, v) = match cfg.qkv {
             QkvLayout::Fused => {
                 let qkv = self.linear(&format!("{pre}.attn.qkv"), &hn, 3 * d, cfg.qkv_bias)?;
-                let mut parts = self
-                    .b
-                    .split(&id("attn.qkv_split"), &qkv, &[d, d, d], -1)?
-                    .into_iter();
-                let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
-                    unreachable!("split into three")
-                };
-                (q, k, v)
+                self.split_qkv(&sc, &qkv, -1)?
             }
             QkvLayout::Separate => (
                 self.linear(&format!("{pre}.attn.q"), &hn, d, cfg.qkv_bias)?,
@@ -155,30 +144,15 @@ impl Emitter<'_, '_, '_> {
         };
         let o = self.b.transpose(&id("attn.merge_t"), &o, &[0, 2, 1, 3])?;
         let o = self.b.reshape(&id("attn.merge"), &o, &[1, t, d])?;
-        let mut o = self.linear(&format!("{pre}.attn.proj"), &o, d, true)?;
-        if cfg.layer_scale {
-            let g = self.weight(&format!("{pre}.ls1"), None)?;
-            o = self.b.mul(&id("ls1_mul"), &o, &g)?;
-        }
+        let o = self.linear(&format!("{pre}.attn.proj"), &o, d, true)?;
+        let o = self.layer_scale(&sc, "ls1", o, None)?;
         let x = self.b.add(&id("residual1"), x, &o)?;
 
         let hn = self.layer_norm(&format!("{pre}.norm2"), &x)?;
         let f1 = self.linear(&format!("{pre}.mlp.fc1"), &hn, cfg.fc1_out(), true)?;
-        let act = match cfg.mlp {
-            MlpKind::Gelu => self.b.gelu(&id("mlp.act"), &f1, GeluMode::Exact)?,
-            MlpKind::SwigluPacked => {
-                let hm = cfg.mlp_hidden;
-                let parts = self.b.split(&id("mlp.fc1_split"), &f1, &[hm, hm], -1)?;
-                // The first half is the gate.
-                let gate = self.b.silu(&id("mlp.act"), &parts[0])?;
-                self.b.mul(&id("mlp.gated"), &gate, &parts[1])?
-            }
-        };
-        let mut f2 = self.linear(&format!("{pre}.mlp.fc2"), &act, d, true)?;
-        if cfg.layer_scale {
-            let g = self.weight(&format!("{pre}.ls2"), None)?;
-            f2 = self.b.mul(&id("ls2_mul"), &f2, &g)?;
-        }
+        let act = self.mlp_act(&sc, &f1, -1)?;
+        let f2 = self.linear(&format!("{pre}.mlp.fc2"), &act, d, true)?;
+        let f2 = self.layer_scale(&sc, "ls2", f2, None)?;
         Ok(self.b.add(&id("residual2"), &x, &f2)?)
     }
 }
