@@ -8,8 +8,7 @@ mod cli;
 fn main() {
     let cli = cli::Cli::parse();
     if let Err(e) = cli.command.run() {
-        // `{:#}` prints the whole context chain on one line: "converting X: file: problem".
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", cli::one_line(&e));
         std::process::exit(1);
     }
 }

@@ -199,6 +199,25 @@ impl Command {
     }
 }
 
+/// An error and its causes on one line, "converting X: file: problem". The library's
+/// errors print their cause themselves ("{path}: {source}") and also name it as their
+/// `source()`, so a cause whose text already ends the line is not repeated (anyhow's
+/// `{:#}` would print "file: No such file or directory: No such file or directory").
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// `pipeline doctor`.
 #[cfg(feature = "mlx")]
 fn doctor() -> Result<()> {
@@ -226,4 +245,37 @@ pub(super) fn use_device(choice: lib::backend::DeviceChoice, quiet: bool) -> Res
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// An error that prints its cause and also returns it from `source()`, as the
+    /// library's `#[error("{path}: {source}")]` variants do.
+    #[derive(Debug)]
+    struct Io(std::io::Error);
+
+    impl std::fmt::Display for Io {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "m/model.json: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Io {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_already_printed_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Io(io)).context("converting m");
+        assert_eq!(one_line(&e), "converting m: m/model.json: no such file");
+        // Plain context chains keep every level.
+        let e = anyhow::anyhow!("bad header").context("reading a.safetensors");
+        assert_eq!(one_line(&e), "reading a.safetensors: bad header");
+        assert_eq!(format!("{e:#}"), one_line(&e));
+    }
 }
