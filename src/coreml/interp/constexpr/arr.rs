@@ -72,6 +72,26 @@ pub(super) fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
+/// The block size on each of the first `k` axes of `whole` when `parts[d]` blocks split
+/// axis `d`: every count must divide its axis; `what` and `of` name the two tensors (parts'
+/// and whole's) in the error.
+pub(super) fn block_sizes(
+    whole: &[usize],
+    parts: &[usize],
+    k: usize,
+    names: [&str; 2],
+) -> R<Vec<usize>> {
+    let [what, of] = names;
+    let mut blocks = Vec::with_capacity(k);
+    for d in 0..k {
+        if parts[d] == 0 || whole[d] % parts[d] != 0 {
+            return Err(format!("{what} {parts:?} does not divide {of} {whole:?}"));
+        }
+        blocks.push(whole[d] / parts[d]);
+    }
+    Ok(blocks)
+}
+
 pub(super) fn norm_axis(axis: i64, rank: usize) -> R<usize> {
     let a = if axis < 0 { axis + rank as i64 } else { axis };
     usize::try_from(a)

@@ -1,6 +1,6 @@
 //! Palettized weights: indices into per-block lookup tables (scalar or vector entries).
 
-use super::arr::{for_each_index, norm_axis, strides, Arr, Data, R};
+use super::arr::{block_sizes, for_each_index, norm_axis, strides, Arr, Data, R};
 use super::elem::Elem;
 
 /// iOS18 `constexpr_lut_to_dense`: `indices` uintN, `lut` `[blocks..., 2^N, vector]`.
@@ -25,16 +25,7 @@ pub(super) fn lut_to_dense(indices: &Arr, lut: &Arr, vector_axis: Option<i64>) -
     if palettes != 1usize << bits {
         return Err(format!("{palettes} lut entries for {bits}-bit indices"));
     }
-    let mut blocks = Vec::with_capacity(k);
-    for d in 0..k {
-        if lut.shape[d] == 0 || indices.shape[d] % lut.shape[d] != 0 {
-            return Err(format!(
-                "lut {:?} does not divide indices {:?}",
-                lut.shape, indices.shape
-            ));
-        }
-        blocks.push(indices.shape[d] / lut.shape[d]);
-    }
+    let blocks = block_sizes(&indices.shape, &lut.shape, k, ["lut", "indices"])?;
     let va = if vs > 1 {
         norm_axis(vector_axis.ok_or("vector palettes need `vector_axis`")?, k)?
     } else {

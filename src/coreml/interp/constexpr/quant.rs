@@ -1,7 +1,7 @@
 //! Linearly quantized weights: `scale * (q - offset)`, per block (iOS18) or per index
 //! along one axis (iOS16).
 
-use super::arr::{for_each_index, norm_axis, strides, Arr, Data, R};
+use super::arr::{block_sizes, for_each_index, norm_axis, strides, Arr, Data, R};
 
 /// iOS18 `constexpr_blockwise_shift_scale`: `scale * (data - offset)` per block, the
 /// block size on axis `d` being `data.shape[d] / scale.shape[d]`.
@@ -25,16 +25,7 @@ pub(super) fn blockwise_shift_scale(data: &Arr, scale: &Arr, offset: Option<&Arr
             ));
         }
     }
-    let mut blocks = Vec::with_capacity(r);
-    for d in 0..r {
-        if scale.shape[d] == 0 || data.shape[d] % scale.shape[d] != 0 {
-            return Err(format!(
-                "scale {:?} does not divide data {:?}",
-                scale.shape, data.shape
-            ));
-        }
-        blocks.push(data.shape[d] / scale.shape[d]);
-    }
+    let blocks = block_sizes(&data.shape, &scale.shape, r, ["scale", "data"])?;
     let sstride = strides(&scale.shape);
     let (q, s) = (data.f32s(), scale.f32s());
     let off = offset.map(Arr::f32s);
