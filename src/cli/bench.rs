@@ -23,8 +23,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200)]
     iterations: u32,
     /// Batch sizes for batch predictions (comma-separated).
-    #[arg(long, default_value = "1,8")]
-    batch: String,
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch: Vec<u32>,
     /// Images to predict on (default: a synthetic input).
     #[arg(long, num_args = 1..)]
     image: Vec<PathBuf>,
@@ -38,39 +38,20 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     fn options(&self) -> Result<lib::bench::BenchOptions> {
-        let units = self
-            .compute_units
-            .split(',')
-            .map(|u| {
-                serde_json::from_value::<lib::bench::ComputeUnits>(serde_json::Value::String(
-                    u.trim().to_string(),
-                ))
-                .with_context(|| format!("--compute-units: `{u}` is not cpu, gpu, ane or all"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let batch_sizes = self
-            .batch
-            .split(',')
-            .map(|b| {
-                b.trim()
-                    .parse::<u32>()
-                    .with_context(|| format!("--batch: `{b}` is not a number"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // The same list `verify --runtime coreml` takes, with the same errors.
+        let units = lib::coreml_runtime::parse_units(&self.compute_units)?;
         Ok(lib::bench::BenchOptions {
             compute_units: units,
             warmup: self.warmup,
             iterations: self.iterations,
-            batch_sizes,
+            batch_sizes: self.batch.clone(),
             images: self.image.clone(),
             reference: self.reference.clone(),
             json: self.json.clone(),
             swift_package: None,
         })
     }
-}
 
-impl BenchArgs {
     pub fn run(self) -> Result<()> {
         if let Some(path) = &self.report {
             let report = lib::bench::load_report(path)

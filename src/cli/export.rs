@@ -134,9 +134,7 @@ impl ExportArgs {
             ..Default::default()
         })
     }
-}
 
-impl ExportArgs {
     pub fn run(self) -> Result<()> {
         let opts = self.options()?;
         let r = lib::coreml::export(&self.model, &self.out, &opts)

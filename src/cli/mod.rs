@@ -76,8 +76,8 @@ pub enum Command {
         checkpoint with a head) the MLX forward runs; with a PKG.mlpackage our interpreter \
         runs the package's own program (its classifier probabilities, or the softmax of a \
         logits output), preparing each image as the package's metadata says (resize the \
-        shorter side, centre-crop, and for multiArray inputs normalise). Core ML itself \
-        will run it on a Mac once the macOS runtime path exists. A backbone without a head, \
+        shorter side, centre-crop, and for multiArray inputs normalise); with --runtime \
+        coreml, Core ML itself runs it (macOS). A backbone without a head, \
         a package with only features, or an unreadable image is an error naming it."
     )]
     Predict(predict::PredictArgs),

@@ -164,9 +164,7 @@ impl TrainArgs {
             ranks: 1,
         }
     }
-}
 
-impl TrainArgs {
     pub fn run(self) -> Result<()> {
         super::use_device(self.device, self.quiet)?;
         let cfg = match &self.settings {
