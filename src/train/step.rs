@@ -140,6 +140,7 @@ where
     let common = parts[0].2;
     let equal = parts.iter().all(|p| p.2 == common);
     let base_seed = vit.dropout_seed();
+    let originals = parameters_of(vit);
     let mut grads: BTreeMap<String, Array> = BTreeMap::new();
     let mut loss_sum: Option<Array> = None;
     let mut lane_work: Vec<Vec<Vec<Array>>> = vec![Vec::new(); lanes.count()];
@@ -149,7 +150,7 @@ where
         }
         let (l, g) = {
             let _on = lanes.enter(lane);
-            let (l, g) = value_and_grad(vit, xy)?;
+            let (l, g) = part_value_and_grad(vit, value_and_grad, &originals, xy)?;
             let mut g: BTreeMap<String, Array> =
                 g.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             if equal {
@@ -223,6 +224,37 @@ where
     })
 }
 
+/// The trainable parameters as the model holds them, for [`part_value_and_grad`].
+fn parameters_of(vit: &Vit) -> Vec<(Rc<str>, Array)> {
+    vit.trainable_parameters()
+        .flatten()
+        .into_iter()
+        .map(|(k, v)| (k, v.clone()))
+        .collect()
+}
+
+/// Loss and gradients of one part, after which the model holds `originals` again.
+///
+/// MLX's module `value_and_grad` leaves its tracers (copies of the parameters) in the
+/// model, and the next call makes its tracers on the stream of those copies: every part's
+/// parameter copies then ran on the first part's lane, two threads drove that one
+/// (thread-unsafe) stream at once, and training crashed now and then inside MLX's CPU
+/// encoder (under load about one run in 40 with 8 lanes, one in 140 with 2). Each part
+/// starts from the step's own parameters, so its tracers are made on its own lane.
+fn part_value_and_grad<F>(
+    vit: &mut Vit,
+    value_and_grad: &mut F,
+    originals: &[(Rc<str>, Array)],
+    xy: (Array, Array),
+) -> Result<(Array, FlattenedModuleParam), Exception>
+where
+    F: FnMut(&mut Vit, (Array, Array)) -> Result<(Array, FlattenedModuleParam), Exception>,
+{
+    let out = value_and_grad(vit, xy);
+    mlx_rs::module::update_parameters(vit, originals.iter().cloned());
+    out
+}
+
 /// Tokens per image of `pixels` `[B, C, H, W]` for this model (patches plus prefix).
 fn tokens_per_image(vit: &Vit, pixels: &Array) -> usize {
     let p = vit.config.patch_size.max(1);
@@ -277,7 +309,55 @@ pub fn apply(vit: &mut Vit, updated: BTreeMap<String, Array>) {
 
 #[cfg(test)]
 mod tests {
-    use super::backward_order;
+    use super::*;
+
+    fn is_available(a: &Array) -> bool {
+        let mut res = false;
+        // SAFETY: a valid array handle and an out-parameter.
+        let code = unsafe { mlx_sys::_mlx_array_is_available(&mut res, a.as_ptr()) };
+        assert_eq!(code, 0);
+        res
+    }
+
+    /// A part's `value_and_grad` must leave the model its own (evaluated) parameters, not
+    /// MLX's tracer copies, whose stream the next part's tracers would inherit.
+    #[test]
+    fn a_part_leaves_the_model_its_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::convert::preset::write_random("vit-micro8", 3, dir.path(), true).unwrap();
+        let ck = crate::checkpoint::Checkpoint::load(dir.path()).unwrap();
+        let mut vit = crate::model::from_checkpoint(&ck).unwrap();
+        let d = vit.config.hidden_size as i32;
+        vit.head.weight.value = Some(Array::from_slice(&vec![0.01f32; 3 * d as usize], &[3, d]));
+        vit.head.bias.value = Some(Array::from_slice(&[0.0f32; 3], &[3]));
+        let cfg = crate::train::TrainConfig {
+            mode: crate::train::Mode::Full,
+            ..Default::default()
+        };
+        crate::train::set_trainable(&mut vit, &cfg, true);
+        let params = vit.parameters().flatten();
+        mlx_rs::transforms::eval(params.values().copied()).unwrap();
+        let s = vit.config.image_size as i32;
+        let x = Array::from_slice(&vec![0.1f32; (2 * 3 * s * s) as usize], &[2, 3, s, s]);
+        let y = Array::from_slice(&[0i32, 2], &[2]);
+        let mut vg = mlx_rs::nn::value_and_grad(loss);
+        let originals = parameters_of(&vit);
+        assert!(originals.len() > 10);
+
+        let (l, _) =
+            part_value_and_grad(&mut vit, &mut vg, &originals, (x.clone(), y.clone())).unwrap();
+        // Before anything is evaluated: a tracer copy left behind is still lazy.
+        let held = parameters_of(&vit);
+        assert_eq!(held.len(), originals.len());
+        for (k, v) in &held {
+            assert!(is_available(v), "{k} is a lazy tracer copy");
+        }
+        assert!(l.item_exact::<f32>().is_finite());
+
+        // What the check catches: MLX's own call leaves lazy copies behind.
+        vg(&mut vit, (x, y)).unwrap();
+        assert!(parameters_of(&vit).iter().any(|(_, v)| !is_available(v)));
+    }
 
     #[test]
     fn backward_order_walks_the_model_from_the_input() {
