@@ -147,3 +147,19 @@ fn presets_build_and_run() {
     assert_eq!(ck.config.num_parameters(), want);
     assert_eq!(want, 213_568);
 }
+
+/// `pipeline convert --list-presets | head -1`: the reader has gone before the output is
+/// written; the command ends quietly (it panicked on the broken pipe).
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = pipeline()
+        .args(["convert", "--list-presets"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {err}", o.status);
+    assert!(err.is_empty(), "{err}");
+}

@@ -56,18 +56,18 @@ impl BenchArgs {
         if let Some(path) = &self.report {
             let report = lib::bench::load_report(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            print!("{report}");
+            out!("{report}");
             let png = lib::bench::chart_path_for(path);
             let chart = lib::bench::render_chart(&report, &png)?;
-            println!("{chart}");
+            outln!("{chart}");
         } else {
             let pkg = self.package.clone().expect("required");
             let opts = self.options()?;
             let out = lib::bench::bench_package(&pkg, &opts)
                 .with_context(|| format!("benchmarking {}", pkg.display()))?;
-            print!("{}", out.report);
-            println!("{}", out.chart);
-            println!("report: {}", out.json.display());
+            out!("{}", out.report);
+            outln!("{}", out.chart);
+            outln!("report: {}", out.json.display());
         }
         Ok(())
     }

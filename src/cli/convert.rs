@@ -41,7 +41,7 @@ impl ConvertArgs {
         if list_presets {
             for p in lib::convert::preset::PRESETS {
                 let params = p.config().num_parameters();
-                println!("{:<22} {:>8.1}M  {}", p.name, params as f64 / 1e6, p.about);
+                outln!("{:<22} {:>8.1}M  {}", p.name, params as f64 / 1e6, p.about);
             }
             return Ok(());
         }
@@ -53,7 +53,7 @@ impl ConvertArgs {
         };
         let r = lib::convert::convert(&source, &out, &opts)
             .with_context(|| format!("converting {source}"))?;
-        println!(
+        outln!(
             "converted {} ({}): {} tensors, {:.2}M parameters -> {} in {:.2}s",
             r.source,
             r.family,
@@ -63,7 +63,7 @@ impl ConvertArgs {
             r.seconds
         );
         if !r.dropped.is_empty() {
-            println!("dropped (training-only): {}", r.dropped.join(", "));
+            outln!("dropped (training-only): {}", r.dropped.join(", "));
         }
         Ok(())
     }

@@ -39,7 +39,7 @@ impl EmbedArgs {
         };
         let r = lib::embed::embed(&model, &input, &out, batch)
             .with_context(|| format!("embedding with {}", model.display()))?;
-        println!(
+        outln!(
             "embedded {} inputs -> {}: last_hidden_state {:?}, pooled {:?}{}",
             r.count,
             r.out.display(),

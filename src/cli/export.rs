@@ -139,7 +139,7 @@ impl ExportArgs {
         let opts = self.options()?;
         let r = lib::coreml::export(&self.model, &self.out, &opts)
             .with_context(|| format!("exporting {}", self.model.display()))?;
-        println!("{r}");
+        outln!("{r}");
         Ok(())
     }
 }

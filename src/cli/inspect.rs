@@ -24,9 +24,9 @@ impl InspectArgs {
         let i =
             lib::inspect::inspect(&dir).with_context(|| format!("inspecting {}", dir.display()))?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&i)?);
+            outln!("{}", serde_json::to_string_pretty(&i)?);
         } else {
-            print!("{}", i.display(tensors));
+            out!("{}", i.display(tensors));
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ impl MergeArgs {
         } = self;
         let r = lib::merge::merge(&base, &adapters, &out, force)
             .with_context(|| format!("merging {} into {}", adapters.display(), base.display()))?;
-        println!(
+        outln!(
                 "merged {} adapted layers{} ({}) -> {}; max |adapter - merged| on a probe batch of {}: {:.2e}",
                 r.layers_merged,
                 if r.replaced.is_empty() { String::new() } else { format!(" and {} trained tensors", r.replaced.len()) },

@@ -7,6 +7,38 @@ use clap::{Parser, Subcommand};
 #[cfg(feature = "mlx")]
 use mlx_coreml_pipeline as lib;
 
+/// `println!` for a command's output. Rust starts with SIGPIPE ignored, and we keep it so
+/// (a SIGPIPE from one of MLX's ring-backend sockets would kill a training rank), so
+/// printing into a closed pipe (`pipeline convert --list-presets | head`) is a write
+/// error, which `println!` turns into a panic. Its reader has gone: the command ends
+/// quietly instead.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for a command's output (see [`outln`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(format_args!($($arg)*))
+    };
+}
+
+/// Writes to standard output; a closed pipe ends the process with success, any other
+/// write error with an error.
+pub(crate) fn print_out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 mod bench;
 mod convert;
 #[cfg(feature = "mlx")]
@@ -224,9 +256,9 @@ fn doctor() -> Result<()> {
     lib::backend::prepare(lib::backend::DeviceChoice::Auto)?;
     lib::backend::select(lib::backend::DeviceChoice::Auto)?;
     for (k, v) in lib::backend::doctor() {
-        println!("{:<17} {v}", format!("{k}:"));
+        outln!("{:<17} {v}", format!("{k}:"));
     }
-    println!("{:<17} {}", "core ml:", lib::coreml_runtime::availability());
+    outln!("{:<17} {}", "core ml:", lib::coreml_runtime::availability());
     Ok(())
 }
 

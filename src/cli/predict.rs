@@ -69,9 +69,9 @@ impl PredictArgs {
         };
         let r = lib::predict::predict_on(&predictor, &images, top_k, on).context("predicting")?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            outln!("{}", serde_json::to_string_pretty(&r)?);
         } else {
-            print!("{r}");
+            out!("{r}");
         }
         Ok(())
     }

@@ -31,10 +31,10 @@ impl RunArgs {
         let r = lib::run::run(&self.config, &self.set, self.from.as_deref(), self.quiet)
             .with_context(|| format!("running {}", self.config.display()))?;
         for s in &r.stages {
-            println!("{:<8} {:<20} {}", s.stage, s.status, s.summary);
+            outln!("{:<8} {:<20} {}", s.stage, s.status, s.summary);
         }
-        println!("package: {}", r.package.display());
-        println!("summary: {}", r.run.join("summary.md").display());
+        outln!("package: {}", r.package.display());
+        outln!("summary: {}", r.run.join("summary.md").display());
         Ok(())
     }
 }

@@ -187,7 +187,7 @@ impl TrainArgs {
                     true => format!("rank {}: training into {}", group.rank(), out.display()),
                     false => format!("training into {}", out.display()),
                 })?;
-        println!(
+        outln!(
             "trained {} steps in {:.1}s ({:.2} img/s, {:.1}% waiting for data){}",
             r.steps,
             r.seconds,
@@ -199,9 +199,9 @@ impl TrainArgs {
                 .unwrap_or_default()
         );
         if r.skipped_images > 0 {
-            println!("skipped {} unreadable images", r.skipped_images);
+            outln!("skipped {} unreadable images", r.skipped_images);
         }
-        println!(
+        outln!(
             "output: {}  (summary: {})",
             r.output.display(),
             r.run.join("summary.md").display()

@@ -101,12 +101,12 @@ impl VerifyArgs {
         }
         let r = lib::verify::verify(&package, &opts)
             .with_context(|| format!("verifying {}", package.display()))?;
-        println!("{r}");
+        outln!("{r}");
         let json = json.unwrap_or_else(|| package.with_extension("verify.json"));
         lib::verify::write_json(&r, &json)?;
-        println!("report: {}", json.display());
+        outln!("report: {}", json.display());
         if let Some(p) = &reference_out {
-            println!("reference for coreml-bench: {}", p.display());
+            outln!("reference for coreml-bench: {}", p.display());
         }
         if !r.pass {
             anyhow::bail!(
@@ -130,10 +130,10 @@ fn verify_coreml(
     let units = lib::coreml_runtime::parse_units(units)?;
     let r = lib::coreml_runtime::verify::verify_coreml(package, opts, &units)
         .with_context(|| format!("verifying {} with Core ML", package.display()))?;
-    println!("{r}");
+    outln!("{r}");
     let json = json.unwrap_or_else(|| lib::coreml_runtime::verify::default_json_path(package));
     lib::coreml_runtime::verify::write_json(&r, &json)?;
-    println!("report: {}", json.display());
+    outln!("report: {}", json.display());
     if !r.pass {
         anyhow::bail!("{} does not pass on Core ML", package.display());
     }
