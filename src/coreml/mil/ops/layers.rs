@@ -1,88 +1,11 @@
-//! Typed constructors for the MIL operations we emit. Each checks its operands'
-//! shapes and element types, infers the output type, and writes every optional
-//! parameter explicitly as a const operand (Core ML's validator is not available off
-//! a Mac, so nothing is left to defaults).
+//! Operations that compute: convolution, norms, products, activations, reductions,
+//! attention and the classifier's output.
 
-use super::builder::{Arg, MilError, ProgramBuilder};
-use super::types::{broadcast, norm_axis, DType, TensorTy, Var};
-use super::value;
+use super::{axis, same_float, shape_err, type_err, BinaryOp, ConvPad, GeluMode};
+use crate::coreml::mil::builder::{Arg, MilError, ProgramBuilder};
+use crate::coreml::mil::types::{broadcast, DType, TensorTy, Var};
+use crate::coreml::mil::value;
 use crate::coreml::target::Target;
-
-fn shape_err(op: &str, kind: &'static str, msg: String) -> MilError {
-    MilError::Shape {
-        op: op.into(),
-        kind,
-        msg,
-    }
-}
-
-fn type_err(op: &str, kind: &'static str, msg: String) -> MilError {
-    MilError::Type {
-        op: op.into(),
-        kind,
-        msg,
-    }
-}
-
-/// All operands float and of one dtype (iOS15 type domains tie them together).
-fn same_float(op: &str, kind: &'static str, vars: &[&Var]) -> Result<DType, MilError> {
-    let d = vars[0].dtype();
-    if !d.is_float() || d == DType::F64 {
-        return Err(type_err(
-            op,
-            kind,
-            format!("`{}` is {d}, expected fp16 or fp32", vars[0].name),
-        ));
-    }
-    for v in &vars[1..] {
-        if v.dtype() != d {
-            return Err(type_err(
-                op,
-                kind,
-                format!("`{}` is {}, `{}` is {d}", v.name, v.dtype(), vars[0].name),
-            ));
-        }
-    }
-    Ok(d)
-}
-
-fn axis(op: &str, kind: &'static str, a: i64, rank: usize) -> Result<usize, MilError> {
-    norm_axis(a, rank)
-        .ok_or_else(|| shape_err(op, kind, format!("axis {a} out of range for rank {rank}")))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    RealDiv,
-}
-
-impl BinaryOp {
-    pub fn kind(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::RealDiv => "real_div",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GeluMode {
-    Exact,
-    Tanh,
-}
-
-/// Padding of a 2-D convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConvPad {
-    Valid,
-    /// Explicit `[top, bottom, left, right]`.
-    Custom([usize; 4]),
-}
 
 impl ProgramBuilder<'_> {
     /// 2-D convolution, NCHW input, weight `[O, I/groups, kh, kw]`.
@@ -174,93 +97,6 @@ impl ProgramBuilder<'_> {
                 ("pad", Arg::Var(&pv)),
                 ("dilations", Arg::Var(&d)),
                 ("groups", Arg::Var(&g)),
-            ],
-            TensorTy::new(dt, out),
-        )
-    }
-
-    pub fn reshape(&mut self, name: &str, x: &Var, shape: &[usize]) -> Result<Var, MilError> {
-        if shape.iter().product::<usize>() != x.ty.numel() {
-            return Err(shape_err(
-                name,
-                "reshape",
-                format!("{:?} cannot be reshaped to {shape:?}", x.shape()),
-            ));
-        }
-        let s = self.param_ints(
-            name,
-            "shape",
-            &shape.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-        )?;
-        self.op1(
-            "reshape",
-            name,
-            vec![("x", Arg::Var(x)), ("shape", Arg::Var(&s))],
-            TensorTy::new(x.dtype(), shape),
-        )
-    }
-
-    pub fn transpose(&mut self, name: &str, x: &Var, perm: &[usize]) -> Result<Var, MilError> {
-        let mut seen = vec![false; x.rank()];
-        if perm.len() != x.rank()
-            || perm
-                .iter()
-                .any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true))
-        {
-            return Err(shape_err(
-                name,
-                "transpose",
-                format!("{perm:?} is not a permutation of rank {}", x.rank()),
-            ));
-        }
-        let out: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
-        let p = self.param_ints(
-            name,
-            "perm",
-            &perm.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-        )?;
-        self.op1(
-            "transpose",
-            name,
-            vec![("x", Arg::Var(x)), ("perm", Arg::Var(&p))],
-            TensorTy::new(x.dtype(), out),
-        )
-    }
-
-    pub fn concat(&mut self, name: &str, values: &[&Var], ax: i64) -> Result<Var, MilError> {
-        const K: &str = "concat";
-        let first = values
-            .first()
-            .ok_or_else(|| shape_err(name, K, "no values".into()))?;
-        let dt = same_float(name, K, values)?;
-        let a = axis(name, K, ax, first.rank())?;
-        let mut out = first.shape().to_vec();
-        out[a] = 0;
-        for v in values {
-            let ok = v.rank() == first.rank()
-                && (0..v.rank()).all(|i| i == a || v.shape()[i] == first.shape()[i]);
-            if !ok {
-                return Err(shape_err(
-                    name,
-                    K,
-                    format!(
-                        "{:?} does not match {:?} outside axis {ax}",
-                        v.shape(),
-                        first.shape()
-                    ),
-                ));
-            }
-            out[a] += v.shape()[a];
-        }
-        let axv = self.param_int(name, "axis", ax)?;
-        let il = self.param_bool(name, "interleave", false)?;
-        self.op1(
-            K,
-            name,
-            vec![
-                ("values", Arg::Vars(values.to_vec())),
-                ("axis", Arg::Var(&axv)),
-                ("interleave", Arg::Var(&il)),
             ],
             TensorTy::new(dt, out),
         )
@@ -449,118 +285,6 @@ impl ProgramBuilder<'_> {
         self.op1("silu", name, vec![("x", Arg::Var(x))], x.ty.clone())
     }
 
-    /// Splits along `axis` into pieces of the given sizes; outputs are `{name}_{i}`.
-    pub fn split(
-        &mut self,
-        name: &str,
-        x: &Var,
-        sizes: &[usize],
-        ax: i64,
-    ) -> Result<Vec<Var>, MilError> {
-        const K: &str = "split";
-        let a = axis(name, K, ax, x.rank())?;
-        if sizes.is_empty() || sizes.iter().sum::<usize>() != x.shape()[a] {
-            return Err(shape_err(
-                name,
-                K,
-                format!(
-                    "sizes {sizes:?} do not add up to {} (axis {ax} of {:?})",
-                    x.shape()[a],
-                    x.shape()
-                ),
-            ));
-        }
-        let ss = self.param_ints(
-            name,
-            "split_sizes",
-            &sizes.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-        )?;
-        let av = self.param_int(name, "axis", ax)?;
-        let outs: Vec<Var> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| {
-                let mut shape = x.shape().to_vec();
-                shape[a] = s;
-                Var {
-                    name: format!("{name}_{i}"),
-                    ty: TensorTy::new(x.dtype(), shape),
-                }
-            })
-            .collect();
-        self.push_op(
-            K,
-            name,
-            vec![
-                ("x", Arg::Var(x)),
-                ("split_sizes", Arg::Var(&ss)),
-                ("axis", Arg::Var(&av)),
-            ],
-            outs.iter()
-                .map(|v| (v.name.clone(), v.ty.to_proto()))
-                .collect(),
-        )?;
-        Ok(outs)
-    }
-
-    /// `x[begin:end:stride]` per axis (non-negative bounds, no masks applied), with the
-    /// axes flagged in `squeeze` removed.
-    pub fn slice_by_index(
-        &mut self,
-        name: &str,
-        x: &Var,
-        begin: &[usize],
-        end: &[usize],
-        squeeze: &[bool],
-    ) -> Result<Var, MilError> {
-        const K: &str = "slice_by_index";
-        let r = x.rank();
-        if begin.len() != r || end.len() != r || squeeze.len() != r {
-            return Err(shape_err(name, K, format!("bounds for rank {r}")));
-        }
-        let mut out = Vec::new();
-        for i in 0..r {
-            if begin[i] >= end[i] || end[i] > x.shape()[i] || (squeeze[i] && end[i] - begin[i] != 1)
-            {
-                return Err(shape_err(
-                    name,
-                    K,
-                    format!(
-                        "axis {i}: {}..{} of {:?} (squeeze {})",
-                        begin[i],
-                        end[i],
-                        x.shape(),
-                        squeeze[i]
-                    ),
-                ));
-            }
-            if !squeeze[i] {
-                out.push(end[i] - begin[i]);
-            }
-        }
-        let to64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
-        let b = self.param_ints(name, "begin", &to64(begin))?;
-        let e = self.param_ints(name, "end", &to64(end))?;
-        let s = self.param_ints(name, "stride", &vec![1; r])?;
-        let bm = self.param_bools(name, "begin_mask", &vec![false; r])?;
-        let em = self.param_bools(name, "end_mask", &vec![false; r])?;
-        let sm = self.param_bools(name, "squeeze_mask", squeeze)?;
-        self.op1(
-            K,
-            name,
-            vec![
-                ("x", Arg::Var(x)),
-                ("begin", Arg::Var(&b)),
-                ("end", Arg::Var(&e)),
-                ("stride", Arg::Var(&s)),
-                ("begin_mask", Arg::Var(&bm)),
-                ("end_mask", Arg::Var(&em)),
-                ("squeeze_mask", Arg::Var(&sm)),
-            ],
-            TensorTy::new(x.dtype(), out),
-        )
-    }
-
     pub fn reduce_mean(
         &mut self,
         name: &str,
@@ -592,19 +316,6 @@ impl ProgramBuilder<'_> {
                 ("keep_dims", Arg::Var(&kd)),
             ],
             TensorTy::new(x.dtype(), out),
-        )
-    }
-
-    pub fn cast(&mut self, name: &str, x: &Var, to: DType) -> Result<Var, MilError> {
-        let dn = to
-            .cast_name()
-            .ok_or_else(|| type_err(name, "cast", format!("cannot cast to {to}")))?;
-        let d = self.param_str(name, "dtype", dn)?;
-        self.op1(
-            "cast",
-            name,
-            vec![("x", Arg::Var(x)), ("dtype", Arg::Var(&d))],
-            TensorTy::new(to, x.shape()),
         )
     }
 
