@@ -29,6 +29,8 @@ test: setup
 	@# MLX (its Apple build needs Metal); its own target dir, so target/debug is untouched.
 	rustup target add aarch64-apple-darwin
 	CARGO_TARGET_DIR=target/apple $(CARGO) clippy --quiet --target aarch64-apple-darwin --no-default-features --features coreml -- -D warnings
+	@# Without MLX every target still builds (the Core ML side never depends on it).
+	$(CARGO) clippy --all-targets --quiet --no-default-features -- -D warnings
 	COREML_CHECK_REQUIRED=1 PEFT_CHECK_REQUIRED=1 PEFT_TF4_REQUIRED=1 $(CARGO) test --quiet
 	$(CARGO) test --quiet --no-default-features --lib --test convert_errors --test coreml_export --test verify_reference_out
 
