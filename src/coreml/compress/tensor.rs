@@ -3,6 +3,7 @@
 
 use super::select::{shape_misfit, Candidate};
 use super::{linear, palette, CompressError, CompressOptions, Method};
+use crate::coreml::mil::types::strides;
 use crate::coreml::mil::DType;
 use crate::coreml::target::Target;
 
@@ -51,8 +52,8 @@ impl CompressedTensor {
                 scale_shape,
                 ..
             } => {
-                let strides = strides_of(&self.shape);
-                let sstrides = strides_of(scale_shape);
+                let wstrides = strides(&self.shape);
+                let sstrides = strides(scale_shape);
                 let block: Vec<usize> = self
                     .shape
                     .iter()
@@ -65,8 +66,8 @@ impl CompressedTensor {
                         let mut rest = i;
                         let mut si = 0;
                         for a in 0..self.shape.len() {
-                            let idx = rest / strides[a];
-                            rest %= strides[a];
+                            let idx = rest / wstrides[a];
+                            rest %= wstrides[a];
                             si += (idx / block[a]) * sstrides[a];
                         }
                         scale[si]
@@ -111,14 +112,6 @@ impl CompressedTensor {
             }
         }) as u64
     }
-}
-
-fn strides_of(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for a in (0..shape.len().saturating_sub(1)).rev() {
-        s[a] = s[a + 1] * shape[a + 1];
-    }
-    s
 }
 
 /// Compresses one weight (float32 `values` of `shape`, row-major; axis 0 = output

@@ -6,6 +6,18 @@ use crate::coreml::blob::{BlobDType, BlobReader};
 use crate::coreml::mil::{DType, TensorTy};
 use crate::coreml::proto::mil as pb;
 
+/// An operation's name for messages: its `name` attribute, else its first output's.
+pub(super) fn op_name(op: &pb::Operation) -> String {
+    match op.attributes.get("name").map(|v| decode_value(v, None)) {
+        Some(Ok(Val::Str(s))) => s,
+        _ => op
+            .outputs
+            .first()
+            .map(|o| o.name.clone())
+            .unwrap_or_default(),
+    }
+}
+
 pub(super) fn tensor_ty(vt: Option<&pb::ValueType>) -> Result<TensorTy, InterpError> {
     let Some(pb::ValueType {
         r#type: Some(pb::value_type::Type::TensorType(t)),

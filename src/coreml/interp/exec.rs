@@ -19,20 +19,7 @@ pub(super) struct Exec<'a> {
 
 impl Exec<'_> {
     fn name(&self) -> String {
-        match self
-            .op
-            .attributes
-            .get("name")
-            .map(|v| decode_value(v, None))
-        {
-            Some(Ok(Val::Str(s))) => s,
-            _ => self
-                .op
-                .outputs
-                .first()
-                .map(|o| o.name.clone())
-                .unwrap_or_default(),
-        }
+        super::decode::op_name(self.op)
     }
 
     fn err(&self, msg: impl Into<String>) -> InterpError {

@@ -63,14 +63,7 @@ impl Tensor {
     }
 }
 
-/// Row-major strides of a shape.
-pub fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
+pub use crate::coreml::mil::types::strides;
 
 /// Values converted a block at a time: half's slice conversions use F16C / NEON where
 /// the CPU has them (chosen once per block), where a value at a time pays for the

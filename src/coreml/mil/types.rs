@@ -232,6 +232,15 @@ impl Var {
     }
 }
 
+/// Row-major strides of a shape, in elements.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
 /// Normalises a possibly negative axis against a rank.
 pub fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
     let r = rank as i64;

@@ -64,13 +64,7 @@ impl Arr {
     }
 }
 
-pub(super) fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1];
-    }
-    s
-}
+pub(super) use crate::coreml::mil::types::strides;
 
 /// The block size on each of the first `k` axes of `whole` when `parts[d]` blocks split
 /// axis `d`: every count must divide its axis; `what` and `of` name the two tensors (parts'
@@ -92,11 +86,9 @@ pub(super) fn block_sizes(
     Ok(blocks)
 }
 
+/// [`crate::coreml::mil::types::norm_axis`] with this module's error.
 pub(super) fn norm_axis(axis: i64, rank: usize) -> R<usize> {
-    let a = if axis < 0 { axis + rank as i64 } else { axis };
-    usize::try_from(a)
-        .ok()
-        .filter(|&a| a < rank)
+    crate::coreml::mil::types::norm_axis(axis, rank)
         .ok_or_else(|| format!("axis {axis} out of range for rank {rank}"))
 }
 

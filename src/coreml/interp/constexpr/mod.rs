@@ -218,21 +218,6 @@ impl<'a> Decoder<'a> {
     }
 }
 
-fn op_name(op: &pb::Operation) -> String {
-    match op
-        .attributes
-        .get("name")
-        .map(|v| super::decode::decode_value(v, None))
-    {
-        Some(Ok(Val::Str(s))) => s,
-        _ => op
-            .outputs
-            .first()
-            .map(|o| o.name.clone())
-            .unwrap_or_default(),
-    }
-}
-
 /// Decodes every `constexpr_*` op of `block` (in program order, so chains resolve)
 /// into the values the program's other ops see, by output name.
 pub(super) fn decode(
@@ -262,7 +247,7 @@ pub(super) fn decode(
             continue;
         }
         let err = |msg: String| InterpError::Op {
-            op: op_name(op),
+            op: super::decode::op_name(op),
             kind: op.r#type.clone(),
             msg,
         };
