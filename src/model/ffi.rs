@@ -198,7 +198,8 @@ thread_local! {
 /// its traced tape, constants included, and the lanes evaluate their graphs on several
 /// threads at once, so two lanes could evaluate (and release) the same tape nodes
 /// concurrently. Training crashed now and then under load on a lane thread in MLX's array
-/// destructor (5 of 55 runs in session 5; once in CI in session 6).
+/// destructor (5 of 55 runs in session 5; once in CI in session 6). The rarer crash left
+/// after this had another cause: `train::step`'s `part_value_and_grad`.
 pub fn set_lane(lane: usize) -> usize {
     LANE.with(|c| c.replace(lane))
 }
