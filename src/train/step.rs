@@ -239,7 +239,7 @@ fn parameters_of(vit: &Vit) -> Vec<(Rc<str>, Array)> {
 /// model, and the next call makes its tracers on the stream of those copies: every part's
 /// parameter copies then ran on the first part's lane, two threads drove that one
 /// (thread-unsafe) stream at once, and training crashed now and then inside MLX's CPU
-/// encoder (under load about one run in 40 with 8 lanes, one in 140 with 2). Each part
+/// encoder (under load 5 of 155 runs with 8 lanes, about one in 140 with 2). Each part
 /// starts from the step's own parameters, so its tracers are made on its own lane.
 fn part_value_and_grad<F>(
     vit: &mut Vit,
