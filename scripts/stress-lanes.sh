@@ -2,7 +2,7 @@
 # Runs CPU training with many lanes over and over and counts the runs that did not end
 # well: the check for races between the training lanes (train::lanes), which show up
 # only now and then. Before train::step gave each part its own parameter tracers, 5 of
-# 155 runs crashed with 8 lanes on 2 cores (two loops at once); after, 0 of 115.
+# 155 runs crashed with 8 lanes on 2 cores (two loops at once); after, 0 of 165.
 #
 #   bash scripts/stress-lanes.sh [RUNS] [LANES] [BATCH]     (defaults 50, 8, 8)
 #
