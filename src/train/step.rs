@@ -140,7 +140,7 @@ where
     let common = parts[0].2;
     let equal = parts.iter().all(|p| p.2 == common);
     let base_seed = vit.dropout_seed();
-    let originals = parameters_of(vit);
+    let originals = trainable(vit);
     let mut grads: BTreeMap<String, Array> = BTreeMap::new();
     let mut loss_sum: Option<Array> = None;
     let mut lane_work: Vec<Vec<Vec<Array>>> = vec![Vec::new(); lanes.count()];
@@ -204,7 +204,7 @@ where
     } else {
         share
     };
-    let updated = opt.update_scaled(&trainable(vit), &grads, lr, &scale)?;
+    let updated = opt.update_scaled(&originals, &grads, lr, &scale)?;
     if lanes.is_parallel() && reduction.is_none() {
         lanes.eval(lane_work)?;
     }
@@ -224,15 +224,6 @@ where
     })
 }
 
-/// The trainable parameters as the model holds them, for [`part_value_and_grad`].
-fn parameters_of(vit: &Vit) -> Vec<(Rc<str>, Array)> {
-    vit.trainable_parameters()
-        .flatten()
-        .into_iter()
-        .map(|(k, v)| (k, v.clone()))
-        .collect()
-}
-
 /// Loss and gradients of one part, after which the model holds `originals` again.
 ///
 /// MLX's module `value_and_grad` leaves its tracers (copies of the parameters) in the
@@ -244,14 +235,14 @@ fn parameters_of(vit: &Vit) -> Vec<(Rc<str>, Array)> {
 fn part_value_and_grad<F>(
     vit: &mut Vit,
     value_and_grad: &mut F,
-    originals: &[(Rc<str>, Array)],
+    originals: &BTreeMap<String, Array>,
     xy: (Array, Array),
 ) -> Result<(Array, FlattenedModuleParam), Exception>
 where
     F: FnMut(&mut Vit, (Array, Array)) -> Result<(Array, FlattenedModuleParam), Exception>,
 {
     let out = value_and_grad(vit, xy);
-    mlx_rs::module::update_parameters(vit, originals.iter().cloned());
+    apply(vit, originals.clone());
     out
 }
 
@@ -341,13 +332,13 @@ mod tests {
         let x = Array::from_slice(&vec![0.1f32; (2 * 3 * s * s) as usize], &[2, 3, s, s]);
         let y = Array::from_slice(&[0i32, 2], &[2]);
         let mut vg = mlx_rs::nn::value_and_grad(loss);
-        let originals = parameters_of(&vit);
+        let originals = trainable(&vit);
         assert!(originals.len() > 10);
 
         let (l, _) =
             part_value_and_grad(&mut vit, &mut vg, &originals, (x.clone(), y.clone())).unwrap();
         // Before anything is evaluated: a tracer copy left behind is still lazy.
-        let held = parameters_of(&vit);
+        let held = trainable(&vit);
         assert_eq!(held.len(), originals.len());
         for (k, v) in &held {
             assert!(is_available(v), "{k} is a lazy tracer copy");
@@ -356,7 +347,7 @@ mod tests {
 
         // What the check catches: MLX's own call leaves lazy copies behind.
         vg(&mut vit, (x, y)).unwrap();
-        assert!(parameters_of(&vit).iter().any(|(_, v)| !is_available(v)));
+        assert!(trainable(&vit).iter().any(|(_, v)| !is_available(v)));
     }
 
     #[test]
